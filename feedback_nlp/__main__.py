@@ -1,0 +1,3 @@
+from feedback_nlp.cli import main
+
+main()

@@ -1,0 +1,228 @@
+"""Stage, sentiment and touchpoint heads: scikit-learn estimators over unit embeddings.
+
+Heads are logistic regressions whose fitted state is plain arrays (coefficients, intercepts,
+labels), so a model folder loads without unpickling anything. `predict_proba` is computed from
+those arrays, so a head that was saved and loaded predicts exactly as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.multiclass import unique_labels
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from feedback_nlp.errors import FeedbackError
+from feedback_nlp.records import SENTIMENTS, UNASSIGNED
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class LinearHead(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression on embeddings, with an abstain threshold.
+
+    Parameters
+    ----------
+    C : float
+        Inverse regularisation strength.
+    class_weight : "balanced" or None
+        Balanced weights keep a rare stage from being swallowed by frequent ones.
+    min_confidence : float
+        `predict` answers `abstain_label` when the top probability is below this; 0 never
+        abstains. Probabilities are unaffected.
+    abstain_label : str
+        The label used when abstaining (``"unassigned"`` for stages).
+    max_iter, random_state : passed to LogisticRegression.
+    """
+
+    def __init__(self, C: float = 4.0, class_weight: str | None = "balanced", min_confidence: float = 0.0,
+                 abstain_label: str = UNASSIGNED, max_iter: int = 2000, random_state: int = 0) -> None:
+        self.C = C
+        self.class_weight = class_weight
+        self.min_confidence = min_confidence
+        self.abstain_label = abstain_label
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> "LinearHead":
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        self.classes_ = unique_labels(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"LinearHead needs at least 2 classes, got {list(self.classes_)}")
+        lr = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter,
+                                random_state=self.random_state)
+        lr.fit(X, y)
+        self.coef_ = lr.coef_.astype(np.float64)
+        self.intercept_ = lr.intercept_.astype(np.float64)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        scores = X @ self.coef_.T + self.intercept_
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            p1 = _sigmoid(scores)
+            return np.column_stack([1 - p1, p1])
+        return _softmax(scores)
+
+    def predict(self, X: Any) -> np.ndarray:
+        proba = self.predict_proba(X)
+        pred = self.classes_[proba.argmax(axis=1)]
+        if self.min_confidence > 0:
+            pred = pred.astype(object)
+            pred[proba.max(axis=1) < self.min_confidence] = self.abstain_label
+        return pred
+
+    # plain-array state, for persist.py
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        check_is_fitted(self)
+        return {"coef": self.coef_, "intercept": self.intercept_}
+
+    @classmethod
+    def from_arrays(cls, classes: list[str], arrays: dict[str, np.ndarray], **params: Any) -> "LinearHead":
+        head = cls(**params)
+        head.classes_ = np.asarray(classes, dtype=object)
+        head.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
+        head.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64)
+        head.n_features_in_ = head.coef_.shape[1]
+        return head
+
+
+class MultiLabelHead(ClassifierMixin, BaseEstimator):
+    """One binary logistic regression per label (touchpoints: none, one or several per unit).
+
+    `fit(X, Y)` takes a binary indicator matrix Y (n_samples, n_labels); labels with fewer than
+    `min_positive` positives are not learnt (they are never predicted, and `labels_` says so).
+    """
+
+    def __init__(self, C: float = 4.0, threshold: float = 0.5, min_positive: int = 5,
+                 max_iter: int = 2000, random_state: int = 0) -> None:
+        self.C = C
+        self.threshold = threshold
+        self.min_positive = min_positive
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(self, X: Any, Y: Any, labels: list[str] | None = None) -> "MultiLabelHead":
+        X = validate_data(self, X, dtype=np.float64)
+        Y = np.asarray(Y)
+        names = list(labels) if labels is not None else [str(i) for i in range(Y.shape[1])]
+        keep = [j for j in range(Y.shape[1]) if self.min_positive <= Y[:, j].sum() < len(Y)]
+        self.labels_ = np.asarray([names[j] for j in keep], dtype=object)
+        coefs, intercepts = [], []
+        for j in keep:
+            lr = LogisticRegression(C=self.C, class_weight="balanced", max_iter=self.max_iter,
+                                    random_state=self.random_state)
+            lr.fit(X, Y[:, j])
+            coefs.append(lr.coef_[0])
+            intercepts.append(lr.intercept_[0])
+        self.coef_ = np.asarray(coefs, dtype=np.float64).reshape(len(keep), X.shape[1])
+        self.intercept_ = np.asarray(intercepts, dtype=np.float64)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return _sigmoid(X @ self.coef_.T + self.intercept_)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return (self.predict_proba(X) >= self.threshold).astype(int)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        check_is_fitted(self)
+        return {"coef": self.coef_, "intercept": self.intercept_}
+
+    @classmethod
+    def from_arrays(cls, labels: list[str], arrays: dict[str, np.ndarray], **params: Any) -> "MultiLabelHead":
+        head = cls(**params)
+        head.labels_ = np.asarray(labels, dtype=object)
+        head.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
+        head.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64)
+        head.n_features_in_ = head.coef_.shape[1]
+        return head
+
+
+@dataclass
+class Model:
+    """The heads of one model version, and what they were trained on."""
+
+    model_id: str
+    embedder_id: str
+    stage: LinearHead
+    sentiment: LinearHead
+    touchpoints: MultiLabelHead | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def check_embedder(self, embedder_id: str) -> None:
+        if embedder_id != self.embedder_id:
+            raise FeedbackError(
+                "E300",
+                f"model {self.model_id!r} was trained on embedder {self.embedder_id!r}, but the "
+                f"configured embedder is {embedder_id!r}. Use the embedder the model was trained "
+                "on (--embedder) or retrain the heads on this one (feedback-nlp train)",
+            )
+
+    def check_stages(self, stage_ids: list[str]) -> None:
+        missing = [s for s in stage_ids if s not in set(self.stage.classes_)]
+        if missing:
+            raise FeedbackError(
+                "E301",
+                f"model {self.model_id!r} has no trained class for stage(s) {missing} of the "
+                f"journey map; it knows {list(self.stage.classes_)}. Label units for them and "
+                "retrain (feedback-nlp train)",
+            )
+
+
+def classify_chunk(units: pd.DataFrame, embeddings: np.ndarray, model: Model, *, stage_ids: list[str],
+                   stage_min_confidence: float, touchpoint_min_probability: float) -> pd.DataFrame:
+    """UNIT chunk + its embeddings -> the chunk with predictions and probabilities."""
+    out = units.copy()
+    n = len(out)
+    p_stage = model.stage.predict_proba(embeddings) if n else np.zeros((0, len(model.stage.classes_)))
+    classes = list(model.stage.classes_)
+    in_map = np.array([c in stage_ids for c in classes])
+    top = p_stage.argmax(axis=1) if n else np.zeros(0, dtype=int)
+    conf = p_stage.max(axis=1) if n else np.zeros(0)
+    stage = np.asarray(classes, dtype=object)[top] if n else np.zeros(0, dtype=object)
+    unassigned = (conf < stage_min_confidence) | ~in_map[top] if n else np.zeros(0, dtype=bool)
+    stage = np.where(unassigned, UNASSIGNED, stage)
+    out["stage"] = pd.array(stage, dtype="string")
+    out["stage_confidence"] = conf
+    for j, c in enumerate(classes):
+        out[f"p_stage_{c}"] = p_stage[:, j]
+
+    p_sent = model.sentiment.predict_proba(embeddings) if n else np.zeros((0, 3))
+    sclasses = list(model.sentiment.classes_)
+    for s in SENTIMENTS:
+        out[f"p_{s}"] = p_sent[:, sclasses.index(s)] if s in sclasses else 0.0
+    out["sentiment"] = pd.array(np.asarray(sclasses, dtype=object)[p_sent.argmax(axis=1)] if n else [],
+                                dtype="string")
+    out["sentiment_score"] = out["p_positive"] - out["p_negative"]
+
+    if model.touchpoints is not None and n and len(model.touchpoints.labels_):
+        p_tp = model.touchpoints.predict_proba(embeddings)
+        labels = model.touchpoints.labels_
+        hits = p_tp >= touchpoint_min_probability
+        out["touchpoints"] = pd.array([";".join(labels[row]) for row in hits], dtype="string")
+    else:
+        out["touchpoints"] = pd.array([""] * n, dtype="string")
+    out["model_id"] = model.model_id
+    return out

@@ -1,0 +1,332 @@
+"""Configuration files under `configs/` -> frozen, validated dataclasses.
+
+Files are read once, at the edge (the CLI); steps receive the dataclasses. Unknown keys are
+errors, so a typo in a config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from feedback_nlp.errors import InputError
+
+FIELDS = (
+    "text",
+    "id",
+    "created_at",
+    "channel",
+    "source",
+    "language",
+    "segment",
+    "nps",
+    "csat",
+    "resolution_hours",
+    "fcr",
+)
+SOURCES = ("survey", "case_note", "blog", "social")
+_ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def project_root() -> Path:
+    """The folder holding configs/, models/ and corpora/ (FEEDBACK_NLP_HOME overrides)."""
+    env = os.environ.get("FEEDBACK_NLP_HOME")
+    return Path(env) if env else Path(__file__).resolve().parent.parent
+
+
+def resolve(path: str | Path) -> Path:
+    """A config path: absolute, relative to the working folder if it exists, else to the root."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return project_root() / p
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError as e:
+        raise InputError("E001", f"Config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise InputError("E002", f"{path} is not valid YAML: {e}") from e
+
+
+def _check_keys(path: object, what: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise InputError(
+            "E003",
+            f"{path}: unknown key(s) {unknown} in {what}; allowed: {sorted(allowed)}",
+        )
+
+
+# --- journey map --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Channel:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Touchpoint:
+    id: str
+    name: str
+    description: str = ""
+    examples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    id: str
+    name: str
+    description: str
+    touchpoints: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    kpis: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JourneyMap:
+    """A journey map: stages in order, with their touchpoints and channels."""
+
+    id: str
+    name: str
+    stages: tuple[Stage, ...]
+    channels: tuple[Channel, ...] = ()
+    touchpoints: tuple[Touchpoint, ...] = ()
+    version: int = 1
+    description: str = ""
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        where = self.path or self.id
+        if not self.stages:
+            raise InputError("E010", f"{where}: a journey map needs at least one stage")
+        stage_ids = [s.id for s in self.stages]
+        for sid in stage_ids:
+            if not _ID_RE.match(sid):
+                raise InputError("E011", f"{where}: stage id {sid!r} must be lower_snake_case")
+        dup = {s for s in stage_ids if stage_ids.count(s) > 1}
+        if dup:
+            raise InputError("E012", f"{where}: duplicate stage id(s) {sorted(dup)}")
+        if "unassigned" in stage_ids:
+            raise InputError("E013", f"{where}: 'unassigned' is reserved, not a stage id")
+        tp_ids = {t.id for t in self.touchpoints}
+        ch_ids = {c.id for c in self.channels}
+        for s in self.stages:
+            missing = [t for t in s.touchpoints if t not in tp_ids]
+            if missing:
+                raise InputError(
+                    "E014",
+                    f"{where}: stage '{s.id}' lists touchpoint(s) {missing} that are not "
+                    "defined under `touchpoints:`",
+                )
+            missing = [c for c in s.channels if c not in ch_ids]
+            if missing:
+                raise InputError(
+                    "E015",
+                    f"{where}: stage '{s.id}' lists channel(s) {missing} that are not "
+                    "defined under `channels:`",
+                )
+
+    @property
+    def stage_ids(self) -> list[str]:
+        return [s.id for s in self.stages]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        return d
+
+
+def _stage(path: Path, raw: Mapping[str, Any]) -> Stage:
+    allowed = {f.name for f in fields(Stage)}
+    _check_keys(path, f"stage {raw.get('id', '?')!r}", raw, allowed)
+    if "id" not in raw or "name" not in raw:
+        raise InputError("E016", f"{path}: every stage needs `id` and `name` (got {dict(raw)})")
+    return Stage(
+        id=str(raw["id"]),
+        name=str(raw["name"]),
+        description=str(raw.get("description", "")).strip(),
+        touchpoints=tuple(raw.get("touchpoints") or ()),
+        channels=tuple(raw.get("channels") or ()),
+        kpis=tuple(raw.get("kpis") or ()),
+        examples=tuple(raw.get("examples") or ()),
+    )
+
+
+def load_journey_map(path: str | Path) -> JourneyMap:
+    p = resolve(path)
+    raw = _read_yaml(p)
+    if not isinstance(raw, dict):
+        raise InputError("E017", f"{p}: a journey map is a YAML mapping with `stages:`")
+    allowed = {f.name for f in fields(JourneyMap)} - {"path"}
+    _check_keys(p, "the journey map", raw, allowed)
+    channels = []
+    for c in raw.get("channels") or ():
+        _check_keys(p, "a channel", c, {"id", "name"})
+        channels.append(Channel(id=str(c["id"]), name=str(c.get("name", c["id"]))))
+    touchpoints = []
+    for t in raw.get("touchpoints") or ():
+        _check_keys(p, "a touchpoint", t, {f.name for f in fields(Touchpoint)})
+        touchpoints.append(
+            Touchpoint(
+                id=str(t["id"]),
+                name=str(t.get("name", t["id"])),
+                description=str(t.get("description", "")),
+                examples=tuple(t.get("examples") or ()),
+            )
+        )
+    return JourneyMap(
+        id=str(raw.get("id", p.stem)),
+        name=str(raw.get("name", p.stem)),
+        version=int(raw.get("version", 1)),
+        description=str(raw.get("description", "")).strip(),
+        stages=tuple(_stage(p, s) for s in raw.get("stages") or ()),
+        channels=tuple(channels),
+        touchpoints=tuple(touchpoints),
+        path=str(p),
+    )
+
+
+# --- column mapping -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """For each field, the input column names tried in order (case-insensitive)."""
+
+    candidates: Mapping[str, tuple[str, ...]]
+    values: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.candidates) - set(FIELDS))
+        if unknown:
+            raise InputError("E020", f"Unknown field(s) in column mapping: {unknown}; known: {list(FIELDS)}")
+        if not self.candidates.get("text"):
+            raise InputError("E021", "The column mapping needs at least one name for `text`")
+
+    def with_overrides(self, overrides: Mapping[str, str]) -> "ColumnMap":
+        merged = dict(self.candidates)
+        for fld, col in overrides.items():
+            merged[fld] = (col,)
+        return ColumnMap(merged, self.values)
+
+    def resolve(self, columns: list[str]) -> dict[str, str]:
+        """field -> actual column name, for the fields present in `columns`."""
+        by_lower = {c.strip().lower(): c for c in columns}
+        found: dict[str, str] = {}
+        for fld, names in self.candidates.items():
+            for name in names:
+                col = by_lower.get(name.strip().lower())
+                if col is not None:
+                    found[fld] = col
+                    break
+        return found
+
+
+def load_column_map(path: str | Path, overrides: Mapping[str, str] | None = None) -> ColumnMap:
+    p = resolve(path)
+    raw = _read_yaml(p) or {}
+    if not isinstance(raw, dict):
+        raise InputError("E022", f"{p}: a column mapping is a YAML mapping field -> [names]")
+    values = raw.pop("values", None) or {}
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise InputError("E020", f"{p}: unknown field(s) under `values`: {unknown}")
+    values = {f: {str(k).lower(): str(v) for k, v in (m or {}).items()} for f, m in values.items()}
+    cands = {k: tuple([v] if isinstance(v, str) else v) for k, v in raw.items()}
+    return ColumnMap(cands, values).with_overrides(overrides or {})
+
+
+def parse_column_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError("E023", f"--column expects FIELD=COLUMN, got {pair!r}")
+        fld, col = pair.split("=", 1)
+        fld = fld.strip()
+        if fld not in FIELDS:
+            raise InputError("E020", f"--column: unknown field {fld!r}; known: {list(FIELDS)}")
+        out[fld] = col.strip()
+    return out
+
+
+# --- run settings -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run settings (configs/run.yaml), overridable from the CLI."""
+
+    journey_map: str = "configs/journeys/contact_centre.yaml"
+    model: str = "models/CURRENT"
+    columns: str = "configs/columns/default.yaml"
+    embedder: str = "use-m3"
+    embed_batch_size: int = 64
+    threads: int = 2
+    chunk_size: int = 2000
+    max_text_chars: int = 20000
+    languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
+    detect_languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
+    language_min_confidence: float = 0.5
+    split_min_chars: int = 100
+    min_unit_words: int = 4
+    stage_min_confidence: float = 0.45
+    touchpoint_min_probability: float = 0.5
+    prior_strength: float = 30.0
+    interval_level: float = 0.95
+    min_cell_units: int = 5
+    quotes_per_stage: int = 5
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("embed_batch_size", self.embed_batch_size >= 1),
+            ("threads", self.threads >= 1),
+            ("chunk_size", self.chunk_size >= 1),
+            ("max_text_chars", self.max_text_chars >= 1),
+            ("language_min_confidence", 0 <= self.language_min_confidence <= 1),
+            ("stage_min_confidence", 0 <= self.stage_min_confidence <= 1),
+            ("touchpoint_min_probability", 0 < self.touchpoint_min_probability <= 1),
+            ("prior_strength", self.prior_strength >= 0),
+            ("interval_level", 0 < self.interval_level < 1),
+            ("min_unit_words", self.min_unit_words >= 0),
+            ("quotes_per_stage", self.quotes_per_stage >= 0),
+        ]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            raise InputError("E030", f"Setting(s) out of range: {bad}")
+        missing = sorted(set(self.languages) - set(self.detect_languages))
+        if missing:
+            raise InputError("E031", f"languages {missing} must also be in detect_languages")
+
+    def replace(self, **changes: Any) -> "Settings":
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    p = resolve(path or "configs/run.yaml")
+    raw = _read_yaml(p) or {}
+    allowed = {f.name for f in fields(Settings)}
+    _check_keys(p, "run settings", raw, allowed)
+    for key in ("languages", "detect_languages"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
+    try:
+        return Settings(**raw)
+    except TypeError as e:
+        raise InputError("E032", f"{p}: {e}") from e

@@ -1,0 +1,49 @@
+"""Errors with stable codes, so a user (or a scheduler) can look a failure up.
+
+`InputError` is the user's data or options being wrong (exit code 2); `FeedbackError` is anything
+else the tool refuses to do (exit code 1). Messages say what was found, what was expected and how
+to fix it, naming file, row and field where there is one.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class FeedbackError(Exception):
+    """A failure the CLI reports as a message, not a traceback (exit code 1)."""
+
+    exit_code = 1
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"[{code}] {message}")
+
+
+class InputError(FeedbackError):
+    """Bad input files, columns or options (exit code 2)."""
+
+    exit_code = 2
+
+
+def where(path: object, row: int | None = None, field: str | None = None) -> str:
+    """Locate a problem as `file, row N, field 'x'` for messages."""
+    parts = [str(path)]
+    if row is not None:
+        parts.append(f"row {row}")
+    if field is not None:
+        parts.append(f"field '{field}'")
+    return ", ".join(parts)
+
+
+class Reason(str, Enum):
+    """Why a row went to quarantine: stable codes written into quarantine.csv."""
+
+    EMPTY_TEXT = "empty_text"
+    TEXT_TOO_LONG = "text_too_long"
+    INVALID_UTF8 = "invalid_utf8"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    DUPLICATE_ID = "duplicate_id"
+    NO_CONTENT_AFTER_CLEANING = "no_content_after_cleaning"
+    BAD_VALUE = "bad_value"

@@ -1,0 +1,59 @@
+"""Offline language identification with lingua (models ship inside the package).
+
+The detector is limited to `detect_languages`: a detector limited to N languages always answers
+one of them, so its confidence is checked against a threshold, and an answer outside the
+supported `languages` is `und`. A language given by the input is trusted when supported.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pandas as pd
+
+from feedback_nlp.records import UND
+
+
+@lru_cache(maxsize=4)
+def _detector(codes: tuple[str, ...]):
+    from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+    langs = []
+    for code in codes:
+        try:
+            langs.append(Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper())))
+        except (AttributeError, ValueError):
+            continue
+    return LanguageDetectorBuilder.from_languages(*langs).build()
+
+
+def detect(texts: list[str], *, detect_languages: tuple[str, ...], supported: tuple[str, ...],
+           min_confidence: float) -> list[str]:
+    """ISO 639-1 code per text, or `und` when unsure or unsupported."""
+    if not texts:
+        return []
+    detector = _detector(tuple(sorted(detect_languages)))
+    results = detector.compute_language_confidence_values_in_parallel(texts)
+    out = []
+    for conf in results:
+        if not conf or conf[0].value < min_confidence:
+            out.append(UND)
+            continue
+        code = conf[0].language.iso_code_639_1.name.lower()
+        out.append(code if code in supported else UND)
+    return out
+
+
+def language_chunk(items: pd.DataFrame, *, detect_languages: tuple[str, ...],
+                   supported: tuple[str, ...], min_confidence: float) -> pd.DataFrame:
+    """Fill `lang`: keep a supported language given by the input, detect the rest."""
+    out = items.copy()
+    given = out["lang"].fillna("").astype(str)
+    todo = ~given.isin(supported)
+    detected = detect(
+        out.loc[todo, "text"].astype(str).tolist(),
+        detect_languages=detect_languages, supported=supported, min_confidence=min_confidence,
+    )
+    out.loc[todo, "lang"] = detected
+    out["lang"] = out["lang"].astype("string")
+    return out

@@ -1,0 +1,86 @@
+"""Merge scores into the journey map: the input map, written back with figures attached."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from feedback_nlp.config import JourneyMap
+
+_FIGURES = ["units", "items", "negative_share", "neutral_share", "positive_share", "pain", "pain_low",
+            "pain_high", "share_of_negative", "nps_mean", "nps", "csat_mean", "nps_responses"]
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 4)
+    if hasattr(v, "item"):
+        return _clean(v.item())
+    return v
+
+
+def _figures(row: pd.Series | None) -> dict[str, Any]:
+    if row is None:
+        return {"units": 0, "items": 0, "pain": None}
+    return {k: _clean(row[k]) for k in _FIGURES if k in row.index}
+
+
+def _breakdown(table: pd.DataFrame, stage: str, dim: str) -> list[dict[str, Any]]:
+    rows = table[(table["stage"] == stage) & (table["breakdown"] == dim)].sort_values("pain", ascending=False)
+    return [{"id": r["key"], **_figures(r)} for _, r in rows.iterrows()]
+
+
+def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:
+    """The journey map as a dict, every stage and touchpoint with its scores."""
+    whole = table[table["breakdown"] == ""].set_index("stage") if not table.empty else pd.DataFrame()
+    tp_all = table[(table["breakdown"] == "touchpoint") & (table["stage"] == "*")].set_index("key") \
+        if not table.empty else pd.DataFrame()
+    ranked = whole["pain"].sort_values(ascending=False).index.tolist() if len(whole) else []
+    stages = []
+    for stage in journey.stages:
+        row = whole.loc[stage.id] if stage.id in whole.index else None
+        stage_tps = {r["id"]: r for r in _breakdown(table, stage.id, "touchpoint")} if not table.empty else {}
+        q = quotes[quotes["stage"] == stage.id] if not quotes.empty else quotes
+        stages.append({
+            "id": stage.id,
+            "name": stage.name,
+            "description": stage.description,
+            "channels": list(stage.channels),
+            "kpis": list(stage.kpis),
+            "rank": ranked.index(stage.id) + 1 if stage.id in ranked else None,
+            "scores": _figures(row),
+            "by_channel": _breakdown(table, stage.id, "channel") if not table.empty else [],
+            "by_segment": _breakdown(table, stage.id, "segment") if not table.empty else [],
+            "by_language": _breakdown(table, stage.id, "lang") if not table.empty else [],
+            "by_source": _breakdown(table, stage.id, "source") if not table.empty else [],
+            "touchpoints": [
+                {"id": t, "scores": stage_tps[t] if t in stage_tps else {"units": 0, "pain": None}}
+                for t in stage.touchpoints
+            ],
+            "quotes": [
+                {"text": r["text"], "lang": r["lang"], "item_id": r["item_id"], "channel": _clean(r["channel"]),
+                 "segment": _clean(r["segment"]), "p_negative": _clean(float(r["p_negative"]))}
+                for _, r in q.iterrows()
+            ],
+        })
+    touchpoints = []
+    for tp in journey.touchpoints:
+        row = tp_all.loc[tp.id] if tp.id in tp_all.index else None
+        touchpoints.append({"id": tp.id, "name": tp.name, "scores": _figures(row)})
+    return {
+        "journey": {"id": journey.id, "name": journey.name, "version": journey.version,
+                    "description": journey.description},
+        "channels": [{"id": c.id, "name": c.name} for c in journey.channels],
+        "stages": stages,
+        "touchpoints": touchpoints,
+        "scoring": {
+            "pain": "100 x confidence-weighted negative share, shrunk toward the parent share with a "
+                    "Beta prior worth `prior_strength` mentions; interval = Beta posterior interval",
+            "prior_strength": run["settings"]["prior_strength"],
+            "interval_level": run["settings"]["interval_level"],
+            "min_cell_units": run["settings"]["min_cell_units"],
+        },
+        "run": run,
+    }

@@ -1,0 +1,115 @@
+"""Model folders without pickle: JSON for parameters and labels, .npz arrays, a checksum manifest.
+
+A model folder is safe to receive from someone else: loading parses JSON and reads numeric
+arrays with `allow_pickle=False`, and refuses a folder whose files do not match the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feedback_nlp.classify import LinearHead, Model, MultiLabelHead
+from feedback_nlp.config import resolve
+from feedback_nlp.errors import FeedbackError, InputError
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+ARRAYS = "heads.npz"
+MANIFEST = "manifest.json"
+POINTER = "CURRENT"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _head_params(head: Any) -> dict[str, Any]:
+    return {k: v for k, v in head.get_params().items()}
+
+
+def save_model(model: Model, folder: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write `model` to `folder` (created; must not hold another model)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    heads: dict[str, Any] = {}
+    for name in ("stage", "sentiment", "touchpoints"):
+        head = getattr(model, name)
+        if head is None:
+            continue
+        for key, arr in head.to_arrays().items():
+            arrays[f"{name}.{key}"] = arr
+        labels = head.classes_ if name != "touchpoints" else head.labels_
+        heads[name] = {
+            "type": type(head).__name__,
+            "params": _head_params(head),
+            "labels": [str(x) for x in labels],
+        }
+    np.savez(folder / ARRAYS, **arrays)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model_id": model.model_id,
+        "embedder_id": model.embedder_id,
+        "heads": heads,
+        "meta": model.meta,
+    }
+    (folder / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for name, text in (extra_files or {}).items():
+        (folder / name).write_text(text, encoding="utf-8")
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {name: _sha256(folder / name) for name in files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def resolve_model_folder(path: str | Path) -> Path:
+    """A model folder, or a pointer file (models/CURRENT) naming one beside it."""
+    p = resolve(path)
+    if p.is_file():
+        target = p.read_text(encoding="utf-8").strip()
+        p = p.parent / target
+    if not (p / CONFIG).is_file():
+        raise InputError("E400", f"{p}: not a model folder (no {CONFIG}); train one with `feedback-nlp train`")
+    return p
+
+
+def load_model(path: str | Path) -> Model:
+    folder = resolve_model_folder(path)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise FeedbackError("E401", f"{folder}: no {MANIFEST}; refusing a model folder that cannot be verified")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    for name in (CONFIG, ARRAYS):
+        if name not in manifest:
+            raise FeedbackError("E402", f"{folder}: {name} is not listed in {MANIFEST}")
+    for name, digest in manifest.items():
+        f = folder / name
+        if not f.is_file() or _sha256(f) != digest:
+            raise FeedbackError("E402", f"{folder}/{name}: checksum does not match {MANIFEST}; the model "
+                                "folder was changed or is incomplete")
+    config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    if config.get("format_version") != FORMAT_VERSION:
+        raise FeedbackError("E403", f"{folder}: model format {config.get('format_version')} is not "
+                            f"supported by this version (expects {FORMAT_VERSION})")
+    with np.load(folder / ARRAYS, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    heads: dict[str, Any] = {}
+    for name, spec in config["heads"].items():
+        cls = {"LinearHead": LinearHead, "MultiLabelHead": MultiLabelHead}.get(spec["type"])
+        if cls is None:
+            raise FeedbackError("E404", f"{folder}: unknown head type {spec['type']!r}")
+        own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
+        heads[name] = cls.from_arrays(spec["labels"], own, **spec["params"])
+    return Model(
+        model_id=config["model_id"],
+        embedder_id=config["embedder_id"],
+        stage=heads["stage"],
+        sentiment=heads["sentiment"],
+        touchpoints=heads.get("touchpoints"),
+        meta=config.get("meta", {}),
+    )

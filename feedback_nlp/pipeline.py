@@ -1,0 +1,246 @@
+"""The one place that knows the order of the steps: read -> clean -> language -> segment ->
+embed -> classify -> score -> merge -> write.
+
+`process_chunk` is a pure function of a chunk of items (given loaded models), so a distributed
+engine can map it over partitions; `run_batch` streams chunks through it, keeps only running
+sums, and writes every output into a temporary folder that replaces `out_dir` at the very end,
+so a failed run leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from feedback_nlp import __version__
+from feedback_nlp.classify import Model, classify_chunk
+from feedback_nlp.clean import clean_chunk, has_content, redact
+from feedback_nlp.config import ColumnMap, JourneyMap, Settings
+from feedback_nlp.errors import Reason
+from feedback_nlp.language import language_chunk
+from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarantine_frame, read_raw_chunks
+from feedback_nlp.records import QUARANTINED, UNASSIGNED
+from feedback_nlp.score import combine, partial_aggregate, score_table, top_quotes, touchpoint_partial
+from feedback_nlp.segment import segment_chunk
+
+
+class EmbedderLike:  # the interface process_chunk needs (embed.Embedder or a test double)
+    id: str
+
+    def encode(self, texts: list[str], *, batch_size: int = 64,
+               progress: Callable[[int], None] | None = None) -> np.ndarray: ...
+
+
+def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMap, model: Model,
+                  embedder: EmbedderLike, progress: Callable[[int], None] | None = None,
+                  on_units: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Items (raw text) -> (classified units, quarantine rows for items with nothing left)."""
+    items = clean_chunk(items)
+    empty = ~items["text"].map(has_content)
+    q = quarantine_frame([
+        {"source_file": r.source_file, "row": int(r.row), "field": "text",
+         "reason": Reason.NO_CONTENT_AFTER_CLEANING.value,
+         "detail": "nothing left after removing markup, links and mentions", "text_preview": str(r.text)[:200]}
+        for r in items[empty].itertuples(index=False)
+    ])
+    items = items[~empty]
+    items = language_chunk(items, detect_languages=settings.detect_languages, supported=settings.languages,
+                           min_confidence=settings.language_min_confidence)
+    units = segment_chunk(items, split_min_chars=settings.split_min_chars, min_unit_words=settings.min_unit_words)
+    if on_units is not None:
+        on_units(len(units))
+    emb = embedder.encode(units["text"].astype(str).tolist(), batch_size=settings.embed_batch_size,
+                          progress=progress)
+    units = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
+                           stage_min_confidence=settings.stage_min_confidence,
+                           touchpoint_min_probability=settings.touchpoint_min_probability)
+    return units, q
+
+
+@dataclass
+class Counts:
+    files: int = 0
+    rows_read: int = 0
+    rows_used: int = 0
+    rows_quarantined: int = 0
+    units: int = 0
+    units_unassigned: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
+    blanked_values: dict[str, int] = field(default_factory=dict)
+
+    def add_quarantine(self, q: pd.DataFrame) -> None:
+        self.rows_quarantined += len(q)
+        for reason, n in q["reason"].value_counts().items():
+            self.quarantine_reasons[reason] = self.quarantine_reasons.get(reason, 0) + int(n)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    journey_map: dict[str, Any]
+    scores: pd.DataFrame
+    counts: Counts
+
+
+class _Outputs:
+    """Incremental writers into a temporary folder, moved into place by `commit`."""
+
+    def __init__(self, out_dir: Path, write_csv: bool) -> None:
+        self.out_dir = out_dir
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        self.write_csv = write_csv
+        self._parquet = None
+        self._schema = None
+        self._csv_header = True
+        self._q_header = True
+
+    def units(self, df: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._parquet is None:
+            self._schema = pa.Schema.from_pandas(df, preserve_index=False)
+            self._parquet = pq.ParquetWriter(self.tmp / "units.parquet", self._schema)
+        self._parquet.write_table(pa.Table.from_pandas(df, schema=self._schema, preserve_index=False))
+        if self.write_csv:
+            df.to_csv(self.tmp / "units.csv", mode="a", header=self._csv_header, index=False)
+            self._csv_header = False
+
+    def quarantine(self, df: pd.DataFrame) -> None:
+        df = df.copy()
+        df["text_preview"] = df["text_preview"].fillna("").astype(str).map(redact)
+        df.to_csv(self.tmp / "quarantine.csv", mode="a", header=self._q_header, index=False)
+        self._q_header = False
+
+    def json(self, name: str, obj: Any) -> None:
+        (self.tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n",
+                                     encoding="utf-8")
+
+    def text(self, name: str, text: str) -> None:
+        (self.tmp / name).write_text(text, encoding="utf-8")
+
+    def close(self, empty_units: pd.DataFrame) -> None:
+        if self._parquet is None:
+            empty_units.to_parquet(self.tmp / "units.parquet", index=False)
+        else:
+            self._parquet.close()
+        if self._q_header:
+            QUARANTINED.empty().to_csv(self.tmp / "quarantine.csv", index=False)
+
+    def commit(self) -> None:
+        old = None
+        if self.out_dir.exists():
+            old = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}"
+            os.replace(self.out_dir, old)
+        os.replace(self.tmp, self.out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        if self._parquet is not None:
+            try:
+                self._parquet.close()
+            except Exception:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Settings, columns: ColumnMap,
+              model: Model, embedder: EmbedderLike, out_dir: str | Path, write_csv: bool = False,
+              quiet: bool = False) -> RunResult:
+    """Score a dump: every file read in chunks, outputs written atomically into `out_dir`."""
+    started = time.time()
+    files = discover(inputs)
+    model.check_embedder(embedder.id)
+    model.check_stages(journey.stage_ids)
+    counts = Counts(files=len(files))
+    out = _Outputs(Path(out_dir), write_csv)
+    partials: list[pd.DataFrame] = []
+    tp_partials: list[pd.DataFrame] = []
+    quotes = None
+    seen: dict[str, str] = {}
+    bar = _progress_bar(quiet)
+    try:
+        empty_units = None
+        for path in files:
+            bar.set_description(f"{path.name}")
+            for raw, bad in read_raw_chunks(path, settings.chunk_size):
+                counts.rows_read += len(raw) + len(bad)
+                mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
+                for k, v in mapped.blanked.items():
+                    counts.blanked_values[k] = counts.blanked_values.get(k, 0) + v
+                items, dup_q = drop_duplicate_ids(mapped.items, seen)
+                units, empty_q = process_chunk(
+                    items, settings=settings, journey=journey, model=model, embedder=embedder,
+                    progress=bar.update, on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n),
+                )
+                q = pd.concat([df for df in (quarantine_frame(bad), mapped.quarantine, dup_q, empty_q) if len(df)]
+                              or [QUARANTINED.empty()], ignore_index=True)
+                if len(q):
+                    out.quarantine(q)
+                    counts.add_quarantine(q)
+                counts.rows_used += int(units["item_id"].nunique())
+                counts.units += len(units)
+                counts.units_unassigned += int((units["stage"] == UNASSIGNED).sum())
+                for lang, n in units.drop_duplicates("item_id")["lang"].value_counts().items():
+                    counts.languages[lang] = counts.languages.get(lang, 0) + int(n)
+                if len(units):
+                    out.units(units)
+                elif empty_units is None:
+                    empty_units = units
+                partials = [combine([*partials, partial_aggregate(units)])]
+                tp_partials = [combine([*tp_partials, touchpoint_partial(units)], ["touchpoint", "stage"])]
+                quotes = top_quotes(units, settings.quotes_per_stage, quotes)
+        bar.close()
+        out.close(empty_units if empty_units is not None else pd.DataFrame())
+        partial = combine(partials)
+        table = score_table(partial, combine(tp_partials, ["touchpoint", "stage"]),
+                            prior_strength=settings.prior_strength, interval_level=settings.interval_level,
+                            min_cell_units=settings.min_cell_units)
+        run = {
+            "feedback_nlp_version": __version__,
+            "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - started, 2),
+            "inputs": [str(f) for f in files],
+            "model_id": model.model_id,
+            "embedder_id": embedder.id,
+            "journey_map": journey.path,
+            "settings": settings.to_dict(),
+            "counts": counts.__dict__,
+        }
+        from feedback_nlp.merge import merge_map
+        from feedback_nlp.report import markdown_summary
+
+        jm = merge_map(journey, table, quotes if quotes is not None else pd.DataFrame(), run)
+        out.json("journey_map.json", jm)
+        out.json("run.json", run)
+        table.to_csv(out.tmp / "scores.csv", index=False)
+        out.text("summary.md", markdown_summary(jm))
+        out.commit()
+    except BaseException:
+        bar.close()
+        out.abort()
+        raise
+    return RunResult(Path(out_dir), jm, table, counts)
+
+
+def _progress_bar(quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=0, unit="unit", desc="embedding", file=sys.stderr, disable=quiet, dynamic_ncols=True,
+                leave=False)
