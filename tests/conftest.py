@@ -1,0 +1,84 @@
+"""Shared fixtures: settings from the shipped configs, the shipped model, a real embedder
+(built once per session) and a deterministic fake embedder for fast pipeline tests."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from feedback_nlp.config import load_column_map, load_journey_map, load_settings, project_root
+
+ROOT = project_root()
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def columns(settings):
+    return load_column_map(settings.columns)
+
+
+@pytest.fixture(scope="session")
+def journey(settings):
+    return load_journey_map(settings.journey_map)
+
+
+@pytest.fixture(scope="session")
+def _model(settings):
+    from feedback_nlp.persist import load_model
+
+    return load_model(settings.model)
+
+
+@pytest.fixture
+def model(_model):
+    return copy.deepcopy(_model)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from feedback_nlp.embed import Embedder
+
+    return Embedder("use-m3", threads=2)
+
+
+class FakeEmbedder:
+    """Deterministic hashed bag-of-words vectors: fast, and equal texts embed equally."""
+
+    def __init__(self, dim: int = 512, id: str = "fake.v1") -> None:
+        self.dim = dim
+        self.id = id
+        self.calls = 0
+
+    def encode(self, texts, *, batch_size=64, progress=None):
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in str(t).lower().split():
+                h = int.from_bytes(hashlib.md5(w.encode()).digest()[:4], "little")
+                out[i, h % self.dim] += 1.0
+        n = np.linalg.norm(out, axis=1, keepdims=True)
+        if progress:
+            progress(len(texts))
+        return out / np.where(n == 0, 1, n)
+
+
+@pytest.fixture
+def fake_embedder():
+    return FakeEmbedder()
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path

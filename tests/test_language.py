@@ -1,0 +1,34 @@
+import pandas as pd
+import pytest
+
+from feedback_nlp.language import detect, language_chunk
+
+SAMPLES = {
+    "it": "Ho aspettato quaranta minuti al telefono e nessuno mi ha risposto",
+    "pt": "A fatura deste mês veio com um valor muito mais alto do que o normal",
+    "en": "The technician never showed up for the installation appointment",
+    "es": "El repartidor dejó el paquete en la puerta y estaba roto",
+    "fr": "Le conseiller au téléphone était très aimable et a résolu mon problème",
+    "de": "Die Rechnung ist viel zu hoch und niemand kann es mir erklären",
+}
+
+
+def _detect(texts, settings):
+    return detect(texts, detect_languages=settings.detect_languages, supported=settings.languages,
+                  min_confidence=settings.language_min_confidence)
+
+
+def test_language_detects_the_six_languages(settings):
+    assert _detect(list(SAMPLES.values()), settings) == list(SAMPLES)
+
+
+@pytest.mark.parametrize("text", ["😡😡😡", "ok", "123 456", "Dit is echt een slechte service van jullie bedrijf"])
+def test_language_unsure_or_unsupported_is_und(settings, text):
+    assert _detect([text], settings) == ["und"]
+
+
+def test_language_keeps_a_supported_language_given_by_the_input(settings):
+    items = pd.DataFrame({"text": ["the bill is wrong", "la factura está mal"], "lang": pd.array(["it", None], dtype="string")})
+    out = language_chunk(items, detect_languages=settings.detect_languages, supported=settings.languages,
+                         min_confidence=settings.language_min_confidence)
+    assert out["lang"].tolist() == ["it", "es"]

@@ -1,0 +1,64 @@
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import FakeEmbedder, write
+from feedback_nlp.errors import FeedbackError, InputError
+from feedback_nlp.pipeline import run_batch
+
+
+def test_pipeline_refuses_model_trained_on_another_embedder(tmp_path, settings, columns, journey, model):
+    p = write(tmp_path / "a.csv", "text\nciao\n")
+    with pytest.raises(FeedbackError, match="E300"):
+        run_batch([p], journey=journey, settings=settings, columns=columns, model=model,
+                  embedder=FakeEmbedder(), out_dir=tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pipeline_failed_run_leaves_previous_output_untouched(tmp_path, settings, columns, journey, model, embedder):
+    good = write(tmp_path / "in" / "a.csv", "id,text\n1,la fattura è sbagliata\n")
+    out = tmp_path / "out"
+    run_batch([good], journey=journey, settings=settings, columns=columns, model=model, embedder=embedder,
+              out_dir=out, quiet=True)
+    before = (out / "journey_map.json").read_text()
+    bad = write(tmp_path / "in2" / "b.csv", "id,comment_x\n1,hello\n")  # no text column
+    with pytest.raises(InputError, match="E110"):
+        run_batch([good, bad], journey=journey, settings=settings, columns=columns, model=model,
+                  embedder=embedder, out_dir=out, quiet=True)
+    assert (out / "journey_map.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_pipeline_counts_add_up_and_bound_memory_by_chunks(tmp_path, settings, columns, journey, model, embedder):
+    rows = ["id,text,channel"]
+    for i in range(30):
+        rows.append(f"{i},\"Il tecnico non si è presentato all'appuntamento numero {i}\",phone")
+    rows += ["30,,chat", "5,duplicato,chat", "31,https://t.co/only-a-link,social"]
+    p = write(tmp_path / "a.csv", "\n".join(rows) + "\n")
+    res = run_batch([p], journey=journey, settings=settings.replace(chunk_size=7), columns=columns, model=model,
+                    embedder=embedder, out_dir=tmp_path / "out", quiet=True)
+    c = res.counts
+    assert c.rows_read == 33
+    assert c.rows_used == 30
+    assert c.rows_quarantined == 3
+    assert c.quarantine_reasons == {"empty_text": 1, "duplicate_id": 1, "no_content_after_cleaning": 1}
+    q = pd.read_csv(tmp_path / "out" / "quarantine.csv")
+    assert sorted(q["row"]) == [31, 32, 33]
+    units = pd.read_parquet(tmp_path / "out" / "units.parquet")
+    assert units["item_id"].nunique() == 30
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["counts"]["rows_read"] == run["counts"]["rows_used"] + run["counts"]["rows_quarantined"]
+
+
+def test_pipeline_a_case_note_counts_for_each_stage_it_covers(tmp_path, settings, columns, journey, model, embedder):
+    note = ("Il router è arrivato con due settimane di ritardo e il corriere non ha mai risposto. "
+            "La prima fattura mi ha addebitato due volte il canone, voglio il rimborso subito.")
+    p = write(tmp_path / "a.jsonl", json.dumps({"id": "c1", "text": note, "source": "case note"}) + "\n")
+    run_batch([p], journey=journey, settings=settings, columns=columns, model=model, embedder=embedder,
+              out_dir=tmp_path / "out", quiet=True)
+    units = pd.read_parquet(tmp_path / "out" / "units.parquet")
+    assert len(units) == 2
+    assert units["stage"].tolist() == ["delivery", "billing"]
+    assert (units["sentiment"] == "negative").all()
+    assert units["source"].tolist() == ["case_note", "case_note"]
