@@ -61,10 +61,11 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float64)
         self.classes_ = unique_labels(y)
         if len(self.classes_) < 2:
-            raise ValueError(f"LinearHead needs at least 2 classes, got {list(self.classes_)}")
+            raise ValueError(f"LinearHead needs samples of at least 2 classes; got 1 class ({self.classes_[0]!r})")
         lr = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter,
                                 random_state=self.random_state)
         lr.fit(X, y)
+        self.n_iter_ = lr.n_iter_
         self.coef_ = lr.coef_.astype(np.float64)
         self.intercept_ = lr.intercept_.astype(np.float64)
         return self

@@ -24,7 +24,7 @@ import pandas as pd
 
 from feedback_nlp import __version__
 from feedback_nlp.classify import Model, classify_chunk
-from feedback_nlp.clean import clean_chunk, has_content, redact
+from feedback_nlp.clean import clean_chunk, clean_text, has_content
 from feedback_nlp.config import ColumnMap, JourneyMap, Settings
 from feedback_nlp.errors import Reason
 from feedback_nlp.language import language_chunk
@@ -123,7 +123,7 @@ class _Outputs:
 
     def quarantine(self, df: pd.DataFrame) -> None:
         df = df.copy()
-        df["text_preview"] = df["text_preview"].fillna("").astype(str).map(redact)
+        df["text_preview"] = df["text_preview"].fillna("").astype(str).map(clean_text)
         df.to_csv(self.tmp / "quarantine.csv", mode="a", header=self._q_header, index=False)
         self._q_header = False
 

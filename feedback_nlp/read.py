@@ -103,7 +103,7 @@ def _read_delimited(path: Path, sep: str, chunk_size: int) -> Iterator[tuple[pd.
     try:
         reader = pd.read_csv(
             path, sep=sep, dtype=object, keep_default_na=False, chunksize=chunk_size,
-            encoding="utf-8", encoding_errors="surrogateescape", skipinitialspace=False,
+            encoding="utf-8", encoding_errors="surrogateescape", skip_blank_lines=False,
         )
         for chunk in reader:
             chunk.columns = [_decode_header(path, c) for c in chunk.columns]
