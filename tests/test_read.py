@@ -146,3 +146,14 @@ def test_read_column_map_rejects_unknown_fields():
         ColumnMap({"text": ("text",), "colour": ("c",)})
     with pytest.raises(InputError, match="E023"):
         parse_column_overrides(["text"])
+
+
+def test_read_broken_csv_quoting_is_an_input_error_naming_the_file(tmp_path, columns):
+    p = write(tmp_path / "broken.csv", 'id,text\n1,"an unclosed quote\n2,next row\n')
+    with pytest.raises(InputError, match=r"\[E104\] .*broken\.csv: not valid CSV"):
+        mapped(p, columns)
+
+
+def test_read_header_only_file_has_no_rows(tmp_path, columns):
+    p = write(tmp_path / "h.csv", "id,text\n")
+    assert sum(len(m.items) for m, _ in mapped(p, columns)) == 0
