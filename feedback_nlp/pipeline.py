@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 
 from feedback_nlp import __version__
+from feedback_nlp.aggregate import Accumulator, Aggregates, Counts
 from feedback_nlp.classify import Model, classify_chunk
 from feedback_nlp.clean import clean_chunk, clean_text, has_content
 from feedback_nlp.config import ColumnMap, JourneyMap, Settings
 from feedback_nlp.errors import Reason
 from feedback_nlp.language import language_chunk
 from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarantine_frame, read_raw_chunks
-from feedback_nlp.records import QUARANTINED, UNASSIGNED
-from feedback_nlp.score import combine, partial_aggregate, score_table, top_quotes, touchpoint_partial
+from feedback_nlp.records import QUARANTINED
 from feedback_nlp.segment import segment_chunk
 
 
@@ -43,8 +43,9 @@ class EmbedderLike:  # the interface process_chunk needs (embed.Embedder or a te
 
 def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMap, model: Model,
                   embedder: EmbedderLike, progress: Callable[[int], None] | None = None,
-                  on_units: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Items (raw text) -> (classified units, quarantine rows for items with nothing left)."""
+                  on_units: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Items (raw text) -> (classified units, their embeddings, quarantine rows for items with
+    nothing left after cleaning)."""
     items = clean_chunk(items)
     empty = ~items["text"].map(has_content)
     q = quarantine_frame([
@@ -64,25 +65,7 @@ def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMa
     units = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
                            stage_min_confidence=settings.stage_min_confidence,
                            touchpoint_min_probability=settings.touchpoint_min_probability)
-    return units, q
-
-
-@dataclass
-class Counts:
-    files: int = 0
-    rows_read: int = 0
-    rows_used: int = 0
-    rows_quarantined: int = 0
-    units: int = 0
-    units_unassigned: int = 0
-    quarantine_reasons: dict[str, int] = field(default_factory=dict)
-    languages: dict[str, int] = field(default_factory=dict)
-    blanked_values: dict[str, int] = field(default_factory=dict)
-
-    def add_quarantine(self, q: pd.DataFrame) -> None:
-        self.rows_quarantined += len(q)
-        for reason, n in q["reason"].value_counts().items():
-            self.quarantine_reasons[reason] = self.quarantine_reasons.get(reason, 0) + int(n)
+    return units, emb, q
 
 
 @dataclass
@@ -93,7 +76,7 @@ class RunResult:
     counts: Counts
 
 
-class _Outputs:
+class Outputs:
     """Incremental writers into a temporary folder, moved into place by `commit`."""
 
     def __init__(self, out_dir: Path, write_csv: bool) -> None:
@@ -168,11 +151,9 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     files = discover(inputs)
     model.check_embedder(embedder.id)
     model.check_stages(journey.stage_ids)
-    counts = Counts(files=len(files))
-    out = _Outputs(Path(out_dir), write_csv)
-    partials: list[pd.DataFrame] = []
-    tp_partials: list[pd.DataFrame] = []
-    quotes = None
+    acc = Accumulator(settings)
+    acc.counts.files = len(files)
+    out = Outputs(Path(out_dir), write_csv)
     seen: dict[str, str] = {}
     bar = _progress_bar(quiet)
     try:
@@ -180,12 +161,11 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
         for path in files:
             bar.set_description(f"{path.name}")
             for raw, bad in read_raw_chunks(path, settings.chunk_size):
-                counts.rows_read += len(raw) + len(bad)
+                acc.counts.rows_read += len(raw) + len(bad)
                 mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
-                for k, v in mapped.blanked.items():
-                    counts.blanked_values[k] = counts.blanked_values.get(k, 0) + v
+                acc.counts.add_blanked(mapped.blanked)
                 items, dup_q = drop_duplicate_ids(mapped.items, seen)
-                units, empty_q = process_chunk(
+                units, emb, empty_q = process_chunk(
                     items, settings=settings, journey=journey, model=model, embedder=embedder,
                     progress=bar.update, on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n),
                 )
@@ -193,25 +173,15 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
                               or [QUARANTINED.empty()], ignore_index=True)
                 if len(q):
                     out.quarantine(q)
-                    counts.add_quarantine(q)
-                counts.rows_used += int(units["item_id"].nunique())
-                counts.units += len(units)
-                counts.units_unassigned += int((units["stage"] == UNASSIGNED).sum())
-                for lang, n in units.drop_duplicates("item_id")["lang"].value_counts().items():
-                    counts.languages[lang] = counts.languages.get(lang, 0) + int(n)
+                    acc.counts.add_quarantine(q)
                 if len(units):
                     out.units(units)
                 elif empty_units is None:
                     empty_units = units
-                partials = [combine([*partials, partial_aggregate(units)])]
-                tp_partials = [combine([*tp_partials, touchpoint_partial(units)], ["touchpoint", "stage"])]
-                quotes = top_quotes(units, settings.quotes_per_stage, quotes)
+                acc.add(units, emb)
         bar.close()
         out.close(empty_units if empty_units is not None else pd.DataFrame())
-        partial = combine(partials)
-        table = score_table(partial, combine(tp_partials, ["touchpoint", "stage"]),
-                            prior_strength=settings.prior_strength, interval_level=settings.interval_level,
-                            min_cell_units=settings.min_cell_units)
+        agg = acc.finish()
         run = {
             "feedback_nlp_version": __version__,
             "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
@@ -221,22 +191,28 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
             "embedder_id": embedder.id,
             "journey_map": journey.path,
             "settings": settings.to_dict(),
-            "counts": counts.__dict__,
+            "counts": agg.counts.__dict__,
         }
-        from feedback_nlp.merge import merge_map
-        from feedback_nlp.report import markdown_summary
-
-        jm = merge_map(journey, table, quotes if quotes is not None else pd.DataFrame(), run)
-        out.json("journey_map.json", jm)
-        out.json("run.json", run)
-        table.to_csv(out.tmp / "scores.csv", index=False)
-        out.text("summary.md", markdown_summary(jm))
+        jm = write_outputs(out, journey, agg, run)
         out.commit()
     except BaseException:
         bar.close()
         out.abort()
         raise
-    return RunResult(Path(out_dir), jm, table, counts)
+    return RunResult(Path(out_dir), jm, agg.scores, agg.counts)
+
+
+def write_outputs(out: "Outputs", journey: JourneyMap, agg: Aggregates, run: dict[str, Any]) -> dict[str, Any]:
+    """Everything derived from the aggregates: the scored map, score table, summaries."""
+    from feedback_nlp.merge import merge_map
+    from feedback_nlp.report import markdown_summary
+
+    jm = merge_map(journey, agg.scores, agg.quotes, run)
+    out.json("journey_map.json", jm)
+    out.json("run.json", run)
+    agg.scores.to_csv(out.tmp / "scores.csv", index=False)
+    out.text("summary.md", markdown_summary(jm))
+    return jm
 
 
 def _progress_bar(quiet: bool):

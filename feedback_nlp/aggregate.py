@@ -1,0 +1,127 @@
+"""Running state of a scoring run: counts, score partials, quotes, a sample of negative units.
+
+Both the batch run (`pipeline.run_batch`) and any incremental runner feed classified chunks into
+an `Accumulator` and call `finish` once; memory is bounded by the number of score cells, the
+quotes kept and `max_negative_units`, never by the size of the dump.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from feedback_nlp.config import Settings
+from feedback_nlp.records import UNASSIGNED
+from feedback_nlp.score import combine, partial_aggregate, score_table, top_quotes, touchpoint_partial
+
+TP_KEYS = ["touchpoint", "stage"]
+
+
+@dataclass
+class Counts:
+    files: int = 0
+    rows_read: int = 0
+    rows_used: int = 0
+    rows_quarantined: int = 0
+    units: int = 0
+    units_unassigned: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
+    blanked_values: dict[str, int] = field(default_factory=dict)
+
+    def add_quarantine(self, q: pd.DataFrame) -> None:
+        self.rows_quarantined += len(q)
+        for reason, n in q["reason"].value_counts().items():
+            self.quarantine_reasons[reason] = self.quarantine_reasons.get(reason, 0) + int(n)
+
+    def add_blanked(self, blanked: dict[str, int]) -> None:
+        for k, v in blanked.items():
+            self.blanked_values[k] = self.blanked_values.get(k, 0) + v
+
+
+@dataclass
+class Aggregates:
+    """What `finish` hands to merge and report."""
+
+    scores: pd.DataFrame          # every score cell (score.score_table)
+    partial: pd.DataFrame         # sums per (stage, channel, segment, lang, source)
+    quotes: pd.DataFrame          # top negative units per stage
+    negative_units: pd.DataFrame  # sample of negative, assigned units (for themes)
+    negative_embeddings: np.ndarray
+    counts: Counts
+
+
+class Accumulator:
+    """Feed classified chunks with `add`; call `finish` once."""
+
+    def __init__(self, settings: Settings, *, max_negative_units: int = 20000, seed: int = 0) -> None:
+        self.settings = settings
+        self.counts = Counts()
+        self.max_negative_units = max_negative_units
+        self._partial = pd.DataFrame()
+        self._tp_partial = pd.DataFrame()
+        self._quotes: pd.DataFrame | None = None
+        self._neg_units: list[pd.DataFrame] = []
+        self._neg_emb: list[np.ndarray] = []
+        self._neg_seen = 0
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, units: pd.DataFrame, embeddings: np.ndarray | None = None) -> None:
+        """Add one chunk of classified units (and their embeddings, for the negative sample)."""
+        c = self.counts
+        c.rows_used += int(units["item_id"].nunique())
+        c.units += len(units)
+        c.units_unassigned += int((units["stage"] == UNASSIGNED).sum())
+        for lang, n in units.drop_duplicates("item_id")["lang"].value_counts().items():
+            c.languages[lang] = c.languages.get(lang, 0) + int(n)
+        self._partial = combine([self._partial, partial_aggregate(units)])
+        self._tp_partial = combine([self._tp_partial, touchpoint_partial(units)], TP_KEYS)
+        self._quotes = top_quotes(units, self.settings.quotes_per_stage, self._quotes)
+        if embeddings is not None:
+            self._sample_negative(units, embeddings)
+
+    def _sample_negative(self, units: pd.DataFrame, embeddings: np.ndarray) -> None:
+        """Reservoir-style cap: keep at most `max_negative_units`, uniformly over the run."""
+        mask = ((units["sentiment"] == "negative") & (units["stage"] != UNASSIGNED)).to_numpy()
+        if not mask.any():
+            return
+        idx = np.flatnonzero(mask)
+        self._neg_seen += len(idx)
+        kept = sum(len(u) for u in self._neg_units)
+        room = self.max_negative_units - kept
+        if room < len(idx):
+            keep_p = self.max_negative_units / self._neg_seen
+            idx = idx[self._rng.random(len(idx)) < keep_p]
+            if len(idx) > room:  # make room by thinning what is kept
+                self._thin(kept + len(idx) - self.max_negative_units)
+        self._neg_units.append(units.iloc[idx].reset_index(drop=True))
+        self._neg_emb.append(np.asarray(embeddings)[idx])
+
+    def _thin(self, n_drop: int) -> None:
+        units = pd.concat(self._neg_units, ignore_index=True)
+        emb = np.vstack(self._neg_emb)
+        keep = np.sort(self._rng.choice(len(units), size=max(0, len(units) - n_drop), replace=False))
+        self._neg_units, self._neg_emb = [units.iloc[keep].reset_index(drop=True)], [emb[keep]]
+
+    def finish(self) -> Aggregates:
+        s = self.settings
+        table = score_table(self._partial if len(self._partial) else combine([]),
+                            self._tp_partial if len(self._tp_partial) else combine([], TP_KEYS),
+                            prior_strength=s.prior_strength, interval_level=s.interval_level,
+                            min_cell_units=s.min_cell_units)
+        neg = pd.concat(self._neg_units, ignore_index=True) if self._neg_units else pd.DataFrame()
+        emb = np.vstack(self._neg_emb) if self._neg_emb else np.zeros((0, 0), dtype=np.float32)
+        return Aggregates(
+            scores=table,
+            partial=self._partial,
+            quotes=self._quotes if self._quotes is not None else pd.DataFrame(),
+            negative_units=neg,
+            negative_embeddings=emb,
+            counts=self.counts,
+        )
+
+    def run_record(self, **extra: Any) -> dict[str, Any]:
+        return {"counts": self.counts.__dict__, **extra}
