@@ -284,10 +284,23 @@ class Settings:
     min_unit_words: int = 4
     stage_min_confidence: float = 0.45
     touchpoint_min_probability: float = 0.5
+    zero_shot_temperature: float = 0.05
     prior_strength: float = 30.0
     interval_level: float = 0.95
     min_cell_units: int = 5
     quotes_per_stage: int = 5
+    store: str = "feedback.db"
+    trend_alpha: float = 0.01
+    trend_min_change_points: float = 5.0
+    trend_min_units: int = 20
+    theme_distance_threshold: float = 0.9
+    theme_min_units: int = 3
+    theme_min_share: float = 0.05
+    theme_max_units: int = 2000
+    theme_quotes: int = 3
+    theme_keywords: int = 6
+    driver_min_items: int = 5
+    csat_satisfied_min: float = 4.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -298,10 +311,21 @@ class Settings:
             ("language_min_confidence", 0 <= self.language_min_confidence <= 1),
             ("stage_min_confidence", 0 <= self.stage_min_confidence <= 1),
             ("touchpoint_min_probability", 0 < self.touchpoint_min_probability <= 1),
+            ("zero_shot_temperature", self.zero_shot_temperature > 0),
             ("prior_strength", self.prior_strength >= 0),
             ("interval_level", 0 < self.interval_level < 1),
             ("min_unit_words", self.min_unit_words >= 0),
             ("quotes_per_stage", self.quotes_per_stage >= 0),
+            ("trend_alpha", 0 < self.trend_alpha < 1),
+            ("trend_min_change_points", self.trend_min_change_points >= 0),
+            ("trend_min_units", self.trend_min_units >= 1),
+            ("theme_distance_threshold", 0 < self.theme_distance_threshold <= 2),
+            ("theme_min_units", self.theme_min_units >= 1),
+            ("theme_min_share", 0 <= self.theme_min_share < 1),
+            ("theme_max_units", self.theme_max_units >= 2),
+            ("theme_quotes", 3 <= self.theme_quotes <= 5),
+            ("theme_keywords", self.theme_keywords >= 1),
+            ("driver_min_items", self.driver_min_items >= 2),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
@@ -330,3 +354,31 @@ def load_settings(path: str | Path | None = None) -> Settings:
         return Settings(**raw)
     except TypeError as e:
         raise InputError("E032", f"{p}: {e}") from e
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training settings (configs/train.yaml)."""
+
+    kernel_components: int = 1000
+    kernel_gamma: float = 1.0
+    C: float = 16.0
+    touchpoint_C: float = 4.0
+    touchpoint_min_positive: int = 5
+    test_size: float = 0.2
+    seed: int = 0
+    calibration_bins: int = 10
+
+    def __post_init__(self) -> None:
+        if self.kernel_components < 0 or self.C <= 0 or not 0 < self.test_size < 1 or self.calibration_bins < 2:
+            raise InputError("E033", f"training settings out of range: {self}")
+
+    def replace(self, **changes: Any) -> "TrainSettings":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_train_settings(path: str | Path | None = None) -> TrainSettings:
+    p = resolve(path or "configs/train.yaml")
+    raw = _read_yaml(p) or {}
+    _check_keys(p, "training settings", raw, {f.name for f in fields(TrainSettings)})
+    return TrainSettings(**raw)

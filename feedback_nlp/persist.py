@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from feedback_nlp.classify import LinearHead, Model, MultiLabelHead
+from feedback_nlp.classify import KernelMap, LinearHead, Model, MultiLabelHead
 from feedback_nlp.config import resolve
 from feedback_nlp.errors import FeedbackError, InputError
 
@@ -50,12 +50,18 @@ def save_model(model: Model, folder: str | Path, extra_files: dict[str, str] | N
             "params": _head_params(head),
             "labels": [str(x) for x in labels],
         }
+    features = None
+    if model.features is not None:
+        for key, arr in model.features.to_arrays().items():
+            arrays[f"features.{key}"] = arr
+        features = {"type": "KernelMap", "params": _head_params(model.features)}
     np.savez(folder / ARRAYS, **arrays)
     config = {
         "format_version": FORMAT_VERSION,
         "model_id": model.model_id,
         "embedder_id": model.embedder_id,
         "heads": heads,
+        "features": features,
         "meta": model.meta,
     }
     (folder / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -105,11 +111,19 @@ def load_model(path: str | Path) -> Model:
             raise FeedbackError("E404", f"{folder}: unknown head type {spec['type']!r}")
         own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
         heads[name] = cls.from_arrays(spec["labels"], own, **spec["params"])
+    features = None
+    if config.get("features"):
+        spec = config["features"]
+        if spec.get("type") != "KernelMap":
+            raise FeedbackError("E404", f"{folder}: unknown feature map type {spec.get('type')!r}")
+        own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("features.")}
+        features = KernelMap.from_arrays(own, **spec["params"])
     return Model(
         model_id=config["model_id"],
         embedder_id=config["embedder_id"],
         stage=heads["stage"],
         sentiment=heads["sentiment"],
         touchpoints=heads.get("touchpoints"),
+        features=features,
         meta=config.get("meta", {}),
     )

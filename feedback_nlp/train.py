@@ -7,6 +7,7 @@ and the card says so.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -19,9 +20,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from sklearn.model_selection import train_test_split
 
 from feedback_nlp import __version__
-from feedback_nlp.classify import LinearHead, Model, MultiLabelHead
+from feedback_nlp.classify import KernelMap, LinearHead, Model, MultiLabelHead
 from feedback_nlp.clean import clean_text
-from feedback_nlp.config import ColumnMap, Settings
+from feedback_nlp.config import ColumnMap, Settings, TrainSettings
 from feedback_nlp.errors import InputError, where
 from feedback_nlp.language import language_chunk
 from feedback_nlp.read import ROW, discover, map_columns, read_raw_chunks
@@ -50,7 +51,7 @@ def read_labelled(inputs: Iterable[str | Path], columns: ColumnMap, settings: Se
             items["stage"] = by_row.loc[items["row"], lower["stage"]].str.strip().to_numpy()
             items["sentiment"] = by_row.loc[items["row"], lower["sentiment"]].str.strip().str.lower().to_numpy()
             tp = lower.get("touchpoints")
-            items["touchpoints"] = by_row.loc[items["row"], tp].to_numpy() if tp else ""
+            items["touchpoints"] = by_row.loc[items["row"], tp].map(_touchpoint_list).to_numpy() if tp else ""
             frames.append(items)
     df = pd.concat(frames, ignore_index=True)
     bad_sent = df[~df["sentiment"].isin(SENTIMENTS)]
@@ -66,6 +67,17 @@ def read_labelled(inputs: Iterable[str | Path], columns: ColumnMap, settings: Se
     df = language_chunk(df, detect_languages=settings.detect_languages, supported=settings.languages,
                         min_confidence=settings.language_min_confidence)
     return df[["source_file", "row", "text", "lang", "stage", "sentiment", "touchpoints", "channel", "source"]]
+
+
+def _touchpoint_list(value: object) -> str:
+    """`a;b` (CSV) or a JSON list `["a", "b"]` (JSONL) -> `a;b`."""
+    text = str(value or "").strip()
+    if text.startswith("["):
+        try:
+            return ";".join(str(x) for x in json.loads(text))
+        except json.JSONDecodeError:
+            pass
+    return text
 
 
 def fingerprint(df: pd.DataFrame) -> str:
@@ -122,35 +134,64 @@ def multilabel_metrics(Y_true: np.ndarray, Y_pred: np.ndarray, labels: list[str]
 
 
 def fit_model(X: np.ndarray, df: pd.DataFrame, *, model_id: str, embedder_id: str, seed: int = 0,
-              tp_labels: list[str] | None = None) -> Model:
-    stage = LinearHead(random_state=seed).fit(X, df["stage"].to_numpy())
-    sentiment = LinearHead(random_state=seed).fit(X, df["sentiment"].to_numpy())
+              tp_labels: list[str] | None = None, ts: TrainSettings | None = None) -> Model:
+    ts = ts or TrainSettings()
+    features = None
+    F = X
+    if ts.kernel_components:
+        features = KernelMap(n_components=ts.kernel_components, gamma=ts.kernel_gamma, random_state=seed).fit(X)
+        F = features.transform(X)
+    stage = LinearHead(C=ts.C, random_state=seed).fit(F, df["stage"].to_numpy())
+    sentiment = LinearHead(C=ts.C, random_state=seed).fit(F, df["sentiment"].to_numpy())
     touch = None
     if tp_labels:
         Y = touchpoint_matrix(df["touchpoints"], tp_labels)
         if Y.sum():
-            touch = MultiLabelHead(random_state=seed).fit(X, Y, labels=tp_labels)
-    return Model(model_id=model_id, embedder_id=embedder_id, stage=stage, sentiment=sentiment, touchpoints=touch)
+            touch = MultiLabelHead(C=ts.touchpoint_C, min_positive=ts.touchpoint_min_positive,
+                                   random_state=seed).fit(F, Y, labels=tp_labels)
+    return Model(model_id=model_id, embedder_id=embedder_id, stage=stage, sentiment=sentiment, touchpoints=touch,
+                 features=features)
+
+
+def reliability(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Reliability table of the top-class probability, and the expected calibration error."""
+    conf = proba.max(axis=1)
+    correct = (classes[proba.argmax(axis=1)] == np.asarray(y_true)).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        if not m.any():
+            continue
+        gap = abs(conf[m].mean() - correct[m].mean())
+        ece += m.mean() * gap
+        rows.append({"bin": f"{lo:.1f}-{hi:.1f}", "n": int(m.sum()), "confidence": float(conf[m].mean()),
+                     "accuracy": float(correct[m].mean())})
+    return {"ece": float(ece), "bins": rows}
 
 
 def evaluate_model(model: Model, X: np.ndarray, df: pd.DataFrame, *, touchpoint_threshold: float = 0.5) -> dict[str, Any]:
     """Metrics of `model` on labelled rows `df` with embeddings `X`."""
     stage_labels = sorted(set(df["stage"]) | set(model.stage.classes_))
+    F = model.featurize(X)
     out = {
-        "stage": classification_metrics(df["stage"], model.stage.predict(X), df["lang"], stage_labels),
-        "sentiment": classification_metrics(df["sentiment"], model.sentiment.predict(X), df["lang"], list(SENTIMENTS)),
+        "stage": classification_metrics(df["stage"], model.stage.predict(F), df["lang"], stage_labels),
+        "sentiment": classification_metrics(df["sentiment"], model.sentiment.predict(F), df["lang"], list(SENTIMENTS)),
     }
+    for head in ("stage", "sentiment"):
+        est = getattr(model, head)
+        out[head]["calibration"] = reliability(df[head].to_numpy(), est.predict_proba(F), est.classes_)
     if model.touchpoints is not None:
         labels = list(model.touchpoints.labels_)
         Y_true = touchpoint_matrix(df["touchpoints"], labels)
-        Y_pred = (model.touchpoints.predict_proba(X) >= touchpoint_threshold).astype(int)
+        Y_pred = (model.touchpoints.predict_proba(F) >= touchpoint_threshold).astype(int)
         out["touchpoints"] = multilabel_metrics(Y_true, Y_pred, labels)
     return out
 
 
 def train(df: pd.DataFrame, X: np.ndarray, *, model_id: str, embedder_id: str, embedder_desc: str,
           test_size: float = 0.2, seed: int = 0, tp_labels: list[str] | None = None,
-          sources: list[str] | None = None) -> tuple[Model, dict[str, Any]]:
+          sources: list[str] | None = None, ts: TrainSettings | None = None) -> tuple[Model, dict[str, Any]]:
     """Held-out metrics from a stratified split, then heads refit on every row."""
     strat = df["stage"].astype(str) + "|" + df["lang"].astype(str)
     counts = strat.value_counts()
@@ -159,9 +200,9 @@ def train(df: pd.DataFrame, X: np.ndarray, *, model_id: str, embedder_id: str, e
     strat = strat.where(strat.map(counts) >= 2, df["stage"].astype(str).map(largest))
     idx_train, idx_test = train_test_split(np.arange(len(df)), test_size=test_size, random_state=seed, stratify=strat)
     held = fit_model(X[idx_train], df.iloc[idx_train], model_id=model_id, embedder_id=embedder_id, seed=seed,
-                     tp_labels=tp_labels)
+                     tp_labels=tp_labels, ts=ts)
     metrics = evaluate_model(held, X[idx_test], df.iloc[idx_test])
-    model = fit_model(X, df, model_id=model_id, embedder_id=embedder_id, seed=seed, tp_labels=tp_labels)
+    model = fit_model(X, df, model_id=model_id, embedder_id=embedder_id, seed=seed, tp_labels=tp_labels, ts=ts)
     model.meta = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "feedback_nlp_version": __version__,
@@ -181,6 +222,7 @@ def train(df: pd.DataFrame, X: np.ndarray, *, model_id: str, embedder_id: str, e
             "metrics": metrics,
         },
         "seed": seed,
+        "train_settings": dataclasses.asdict(ts or TrainSettings()),
     }
     return model, metrics
 
@@ -199,7 +241,10 @@ def model_card(model: Model) -> tuple[str, str]:
         f"- Created: {meta['created']} with feedback_nlp {meta['feedback_nlp_version']}",
         f"- Embedder: `{model.embedder_id}` ({meta['embedder']['description']})",
         "- Heads: multinomial logistic regression (stage, sentiment), one-vs-rest logistic "
-        "regression (touchpoints), balanced class weights; stored as plain arrays (no pickle)",
+        "regression (touchpoints), balanced class weights, on "
+        + (f"an RBF-kernel Nystroem feature map ({model.features.n_components} landmarks, gamma "
+           f"{model.features.gamma})" if model.features is not None else "the raw embeddings")
+        + "; stored as plain arrays (no pickle)",
         f"- Training data: {meta['training_data']['rows']} labelled units from "
         f"{', '.join(meta['training_data']['files']) or 'n/a'}; fingerprint "
         f"`{meta['training_data']['fingerprint'][:16]}`",
@@ -222,6 +267,16 @@ def model_card(model: Model) -> tuple[str, str]:
         lines += ["", f"### {head}: per class", "", "| class | precision | recall | support |", "|---|---|---|---|"]
         for cls, v in m[head]["per_class"].items():
             lines.append(f"| {cls} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {v['support']} |")
+    lines += ["", "## Calibration (held-out, top-class probability)", ""]
+    for head in ("stage", "sentiment"):
+        cal = m[head].get("calibration")
+        if not cal:
+            continue
+        lines += [f"### {head}: expected calibration error {_fmt(cal['ece'])}", "",
+                  "| confidence bin | n | mean confidence | accuracy |", "|---|---|---|---|"]
+        for b in cal["bins"]:
+            lines.append(f"| {b['bin']} | {b['n']} | {_fmt(b['confidence'])} | {_fmt(b['accuracy'])} |")
+        lines.append("")
     lines += [
         "",
         "## Limits",

@@ -3,13 +3,25 @@ import pandas as pd
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from feedback_nlp.classify import LinearHead, Model, MultiLabelHead, classify_chunk
+from feedback_nlp.classify import KernelMap, LinearHead, Model, MultiLabelHead, classify_chunk
 from feedback_nlp.errors import FeedbackError
 
 
-@parametrize_with_checks([LinearHead()])
-def test_classify_linear_head_follows_sklearn_conventions(estimator, check):
+@parametrize_with_checks([LinearHead(), KernelMap(n_components=20)])
+def test_classify_estimators_follow_sklearn_conventions(estimator, check):
     check(estimator)
+
+
+def test_classify_kernel_map_matches_sklearn_nystroem_and_round_trips():
+    from sklearn.kernel_approximation import Nystroem
+
+    X, _ = _blobs()
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    fm = KernelMap(n_components=30, gamma=1.0, random_state=0).fit(X)
+    ref = Nystroem(gamma=1.0, n_components=30, random_state=0).fit(X).transform(X)
+    np.testing.assert_allclose(fm.transform(X), ref, atol=1e-4)
+    back = KernelMap.from_arrays(fm.to_arrays(), **fm.get_params())
+    np.testing.assert_array_equal(back.transform(X), fm.transform(X))
 
 
 def _blobs(n=60, seed=0):

@@ -15,12 +15,16 @@ def test_persist_shipped_model_loads_and_records_its_embedder(model):
 
 
 def test_persist_save_load_gives_identical_predictions(tmp_path, model):
-    X = np.random.default_rng(0).normal(size=(5, model.stage.n_features_in_))
+    X = np.random.default_rng(0).normal(size=(5, model.features.n_features_in_)).astype(np.float32)
     save_model(model, tmp_path / "m")
     back = load_model(tmp_path / "m")
-    np.testing.assert_array_equal(back.stage.predict_proba(X), model.stage.predict_proba(X))
-    np.testing.assert_array_equal(back.sentiment.predict_proba(X), model.sentiment.predict_proba(X))
-    np.testing.assert_array_equal(back.touchpoints.predict_proba(X), model.touchpoints.predict_proba(X))
+    np.testing.assert_array_equal(back.stage.predict_proba(back.featurize(X)), model.stage.predict_proba(model.featurize(X)))
+    np.testing.assert_array_equal(back.sentiment.predict_proba(back.featurize(X)),
+                                  model.sentiment.predict_proba(model.featurize(X)))
+    F = model.featurize(X)
+    assert model.features is not None
+    np.testing.assert_array_equal(back.featurize(X), F)
+    np.testing.assert_array_equal(back.touchpoints.predict_proba(F), model.touchpoints.predict_proba(F))
 
 
 def test_persist_refuses_a_tampered_folder(tmp_path, model):
