@@ -29,31 +29,49 @@ from feedback_nlp.read import ROW, discover, map_columns, read_raw_chunks
 from feedback_nlp.records import SENTIMENTS
 
 
-def read_labelled(inputs: Iterable[str | Path], columns: ColumnMap, settings: Settings) -> pd.DataFrame:
-    """Labelled units: text (cleaned, redacted), lang, stage, sentiment, touchpoints, file, row."""
-    frames = []
+LABEL_COLUMNS = ["source_file", "row", "text", "lang", "stage", "sentiment", "touchpoints", "channel", "source"]
+
+
+def _read_label_rows(inputs: Iterable[str | Path], columns: ColumnMap,
+                     settings: Settings) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """All labelled rows as read (labels unchecked), and the rows that could not be read."""
+    frames, issues = [], []
     for path in discover(inputs):
         for raw, bad in read_raw_chunks(path, settings.chunk_size):
-            if bad:
-                first = bad[0]
-                raise InputError("E500", f"{where(path, first['row'])}: {first['reason']}: {first['detail']}")
+            issues.extend({"source_file": str(path), "row": b["row"], "field": b["field"] or "",
+                           "problem": b["reason"], "detail": b["detail"]} for b in bad)
+            if raw.columns.tolist() == [ROW]:
+                continue
             lower = {c.lower(): c for c in raw.columns}
             for label in ("stage", "sentiment"):
                 if label not in lower:
                     raise InputError("E501", f"{where(path, field=label)}: labelled data needs a "
                                      f"`{label}` column; found {[c for c in raw.columns if c != ROW]}")
             mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
-            if len(mapped.quarantine):
-                q = mapped.quarantine.iloc[0]
-                raise InputError("E502", f"{where(path, int(q['row']), q['field'])}: {q['reason']}: {q['detail']}")
+            issues.extend({"source_file": r.source_file, "row": int(r.row), "field": r.field,
+                           "problem": r.reason, "detail": r.detail} for r in mapped.quarantine.itertuples())
             items = mapped.items.copy()
             by_row = raw.set_index(ROW)
-            items["stage"] = by_row.loc[items["row"], lower["stage"]].str.strip().to_numpy()
-            items["sentiment"] = by_row.loc[items["row"], lower["sentiment"]].str.strip().str.lower().to_numpy()
+            items["stage"] = by_row.loc[items["row"], lower["stage"]].astype(str).str.strip().to_numpy()
+            items["sentiment"] = by_row.loc[items["row"], lower["sentiment"]].astype(str).str.strip().str.lower().to_numpy()
             tp = lower.get("touchpoints")
             items["touchpoints"] = by_row.loc[items["row"], tp].map(_touchpoint_list).to_numpy() if tp else ""
             frames.append(items)
+    if not frames:
+        return pd.DataFrame(columns=LABEL_COLUMNS), issues
     df = pd.concat(frames, ignore_index=True)
+    df["text"] = df["text"].map(clean_text)
+    df = language_chunk(df, detect_languages=settings.detect_languages, supported=settings.languages,
+                        min_confidence=settings.language_min_confidence)
+    return df[LABEL_COLUMNS], issues
+
+
+def read_labelled(inputs: Iterable[str | Path], columns: ColumnMap, settings: Settings) -> pd.DataFrame:
+    """Labelled units, strictly: the first bad row is an error naming file, row and field."""
+    df, issues = _read_label_rows(inputs, columns, settings)
+    if issues:
+        i = issues[0]
+        raise InputError("E502", f"{where(i['source_file'], i['row'], i['field'] or None)}: {i['problem']}: {i['detail']}")
     bad_sent = df[~df["sentiment"].isin(SENTIMENTS)]
     if len(bad_sent):
         r = bad_sent.iloc[0]
@@ -63,10 +81,49 @@ def read_labelled(inputs: Iterable[str | Path], columns: ColumnMap, settings: Se
     if len(empty_stage):
         r = empty_stage.iloc[0]
         raise InputError("E504", f"{where(r['source_file'], int(r['row']), 'stage')}: stage is empty")
-    df["text"] = df["text"].map(clean_text)
-    df = language_chunk(df, detect_languages=settings.detect_languages, supported=settings.languages,
-                        min_confidence=settings.language_min_confidence)
-    return df[["source_file", "row", "text", "lang", "stage", "sentiment", "touchpoints", "channel", "source"]]
+    return df
+
+
+def load_labels(sources: list[list[str | Path]], columns: ColumnMap, settings: Settings,
+                stage_ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Merge labelled sources in order (later sources win on the same unit text) and validate.
+
+    Returns (usable rows, issues). Every row left out is in `issues` with file, row, field and
+    the problem: unreadable, empty text, unknown stage or sentiment, conflicting duplicates within
+    one source (all copies left out), or overridden by a later source.
+    """
+    issues: list[dict[str, Any]] = []
+    kept: list[pd.DataFrame] = []
+    for rank, group in enumerate(sources):
+        df, read_issues = _read_label_rows(group, columns, settings)
+        issues.extend(read_issues)
+        bad_stage = ~df["stage"].isin(stage_ids)
+        bad_sent = ~df["sentiment"].isin(SENTIMENTS)
+        for r in df[bad_stage].itertuples():
+            issues.append({"source_file": r.source_file, "row": int(r.row), "field": "stage",
+                           "problem": "unknown_stage", "detail": f"{r.stage!r} is not one of {stage_ids}"})
+        for r in df[bad_sent & ~bad_stage].itertuples():
+            issues.append({"source_file": r.source_file, "row": int(r.row), "field": "sentiment",
+                           "problem": "unknown_sentiment", "detail": f"{r.sentiment!r} is not one of {list(SENTIMENTS)}"})
+        df = df[~bad_stage & ~bad_sent].copy()
+        df["key"] = df["text"].str.strip().str.lower()
+        labels = df.groupby("key")[["stage", "sentiment"]].nunique()
+        conflicted = set(labels[(labels["stage"] > 1) | (labels["sentiment"] > 1)].index)
+        for r in df[df["key"].isin(conflicted)].itertuples():
+            issues.append({"source_file": r.source_file, "row": int(r.row), "field": "stage,sentiment",
+                           "problem": "conflicting_duplicate",
+                           "detail": "the same text has different labels in this source; fix one copy"})
+        df = df[~df["key"].isin(conflicted)].drop_duplicates("key", keep="last")
+        df["rank"] = rank
+        kept.append(df)
+    merged = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=[*LABEL_COLUMNS, "key", "rank"])
+    later = merged.duplicated("key", keep="last")
+    for r in merged[later].itertuples():
+        issues.append({"source_file": r.source_file, "row": int(r.row), "field": "",
+                       "problem": "overridden", "detail": "a later label file labels the same text"})
+    merged = merged[~later].drop(columns=["key", "rank"]).reset_index(drop=True)
+    cols = ["source_file", "row", "field", "problem", "detail"]
+    return merged, pd.DataFrame(issues, columns=cols)
 
 
 def _touchpoint_list(value: object) -> str:
@@ -191,7 +248,7 @@ def evaluate_model(model: Model, X: np.ndarray, df: pd.DataFrame, *, touchpoint_
 
 def train(df: pd.DataFrame, X: np.ndarray, *, model_id: str, embedder_id: str, embedder_desc: str,
           test_size: float = 0.2, seed: int = 0, tp_labels: list[str] | None = None,
-          sources: list[str] | None = None, ts: TrainSettings | None = None) -> tuple[Model, dict[str, Any]]:
+          sources: list[str] | None = None, ts: TrainSettings | None = None) -> tuple[Model, dict[str, Any], np.ndarray]:
     """Held-out metrics from a stratified split, then heads refit on every row."""
     strat = df["stage"].astype(str) + "|" + df["lang"].astype(str)
     counts = strat.value_counts()
@@ -224,7 +281,7 @@ def train(df: pd.DataFrame, X: np.ndarray, *, model_id: str, embedder_id: str, e
         "seed": seed,
         "train_settings": dataclasses.asdict(ts or TrainSettings()),
     }
-    return model, metrics
+    return model, metrics, idx_test
 
 
 def _fmt(x: float) -> str:

@@ -17,7 +17,7 @@ def seed_data(settings, columns, embedder):
 
 def test_model_quality_held_out_split_meets_the_floor(seed_data, embedder, journey):
     df, X = seed_data
-    _, metrics = train(df, X, model_id="t", embedder_id=embedder.id, embedder_desc="", test_size=0.2, seed=1,
+    _, metrics, _ = train(df, X, model_id="t", embedder_id=embedder.id, embedder_desc="", test_size=0.2, seed=1,
                        tp_labels=[t.id for t in journey.touchpoints])
     assert metrics["stage"]["n"] == pytest.approx(0.2 * len(df), abs=2)
     assert metrics["stage"]["macro_f1"] >= 0.75
