@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from feedback_nlp.config import Settings
+from feedback_nlp.drivers import combine_drivers, driver_partial
 from feedback_nlp.records import UNASSIGNED
 from feedback_nlp.score import combine, partial_aggregate, score_table, top_quotes, touchpoint_partial
 
@@ -52,6 +53,7 @@ class Aggregates:
     negative_units: pd.DataFrame  # sample of negative, assigned units (for themes)
     negative_embeddings: np.ndarray
     counts: Counts
+    drivers: pd.DataFrame = field(default_factory=pd.DataFrame)  # key-driver sums (drivers.py)
 
 
 class Accumulator:
@@ -68,6 +70,7 @@ class Accumulator:
         self._neg_emb: list[np.ndarray] = []
         self._neg_seen = 0
         self._rng = np.random.default_rng(seed)
+        self._drivers = pd.DataFrame()
 
     def add(self, units: pd.DataFrame, embeddings: np.ndarray | None = None) -> None:
         """Add one chunk of classified units (and their embeddings, for the negative sample)."""
@@ -80,6 +83,8 @@ class Accumulator:
         self._partial = combine([self._partial, partial_aggregate(units)])
         self._tp_partial = combine([self._tp_partial, touchpoint_partial(units)], TP_KEYS)
         self._quotes = top_quotes(units, self.settings.quotes_per_stage, self._quotes)
+        self._drivers = combine_drivers([self._drivers, driver_partial(
+            units, csat_satisfied_min=self.settings.csat_satisfied_min)])
         if embeddings is not None:
             self._sample_negative(units, embeddings)
 
@@ -121,6 +126,7 @@ class Accumulator:
             negative_units=neg,
             negative_embeddings=emb,
             counts=self.counts,
+            drivers=self._drivers,
         )
 
     def run_record(self, **extra: Any) -> dict[str, Any]:

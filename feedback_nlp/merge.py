@@ -1,9 +1,14 @@
-"""Merge scores into the journey map: the input map, written back with figures attached."""
+"""Merge scores into the journey map: the input map, written back with figures attached.
+
+Besides the scores, each stage carries its named pain points (`themes`, themes.py) and, when the
+dump has NPS or CSAT, its key-driver figures (`drivers`, drivers.py); the ranked key drivers are
+also kept whole under `key_drivers`.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -32,8 +37,16 @@ def _breakdown(table: pd.DataFrame, stage: str, dim: str) -> list[dict[str, Any]
     return [{"id": r["key"], **_figures(r)} for _, r in rows.iterrows()]
 
 
-def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:
-    """The journey map as a dict, every stage and touchpoint with its scores."""
+def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, run: dict[str, Any], *,
+              themes: dict[str, list[dict[str, Any]]] | None = None,
+              drivers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The journey map as a dict, every stage and touchpoint with its scores (and, when given,
+    its themes and key-driver figures)."""
+    from feedback_nlp.drivers import drivers_by_stage
+
+    themes = themes or {}
+    drivers = drivers or {}
+    stage_drivers = drivers_by_stage(drivers)
     whole = table[table["breakdown"] == ""].set_index("stage") if not table.empty else pd.DataFrame()
     tp_all = table[(table["breakdown"] == "touchpoint") & (table["stage"] == "*")].set_index("key") \
         if not table.empty else pd.DataFrame()
@@ -64,6 +77,8 @@ def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, ru
                  "segment": _clean(r["segment"]), "p_negative": _clean(float(r["p_negative"]))}
                 for _, r in q.iterrows()
             ],
+            "themes": themes.get(stage.id, []),
+            "drivers": stage_drivers.get(stage.id, {}),
         })
     touchpoints = []
     for tp in journey.touchpoints:
@@ -82,5 +97,26 @@ def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, ru
             "interval_level": run["settings"]["interval_level"],
             "min_cell_units": run["settings"]["min_cell_units"],
         },
+        "key_drivers": drivers,
         "run": run,
     }
+
+
+def themes_and_drivers(journey: JourneyMap, agg: Any, settings: Mapping[str, Any]
+                       ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Named pain points and key drivers of a run's aggregates (aggregate.Aggregates), with the
+    run's settings (run.json's `settings`; a missing key takes the Settings default)."""
+    from feedback_nlp.config import Settings
+    from feedback_nlp.drivers import key_drivers
+    from feedback_nlp.themes import find_themes, themes_to_json
+
+    def opt(key: str) -> Any:
+        return settings.get(key, getattr(Settings, key))
+
+    themes = find_themes(agg.negative_units, agg.negative_embeddings,
+                         distance_threshold=opt("theme_distance_threshold"), min_units=opt("theme_min_units"),
+                         min_share=opt("theme_min_share"), max_units=opt("theme_max_units"),
+                         quotes=opt("theme_quotes"), keywords=opt("theme_keywords"))
+    drivers = key_drivers(getattr(agg, "drivers", None), stages=journey.stage_ids, level=opt("interval_level"),
+                          min_items=opt("driver_min_items"), csat_satisfied_min=opt("csat_satisfied_min"))
+    return themes_to_json(themes), drivers

@@ -42,4 +42,5 @@ def test_model_quality_training_is_deterministic(seed_data, embedder):
     a = fit_model(X[:600], df.iloc[:600], model_id="t", embedder_id=embedder.id, seed=3)
     b = fit_model(X[:600], df.iloc[:600], model_id="t", embedder_id=embedder.id, seed=3)
     np.testing.assert_array_equal(a.stage.coef_, b.stage.coef_)
-    np.testing.assert_array_equal(a.sentiment.predict_proba(X[600:700]), b.sentiment.predict_proba(X[600:700]))
+    np.testing.assert_array_equal(a.sentiment.predict_proba(a.featurize(X[600:700])),
+                                  b.sentiment.predict_proba(b.featurize(X[600:700])))
