@@ -15,6 +15,7 @@ import pandas as pd
 
 from feedback_nlp.config import Settings
 from feedback_nlp.drivers import combine_drivers, driver_partial
+from feedback_nlp.effort import combine_effort, effort_partial
 from feedback_nlp.records import UNASSIGNED
 from feedback_nlp.score import combine, partial_aggregate, score_table, top_quotes, touchpoint_partial
 
@@ -54,6 +55,8 @@ class Aggregates:
     negative_embeddings: np.ndarray
     counts: Counts
     drivers: pd.DataFrame = field(default_factory=pd.DataFrame)  # key-driver sums (drivers.py)
+    effort: pd.DataFrame = field(default_factory=pd.DataFrame)   # effort sums per stage x touchpoint (effort.py)
+    touchpoint_quotes: pd.DataFrame = field(default_factory=pd.DataFrame)  # top negative units per touchpoint
 
 
 class Accumulator:
@@ -71,6 +74,8 @@ class Accumulator:
         self._neg_seen = 0
         self._rng = np.random.default_rng(seed)
         self._drivers = pd.DataFrame()
+        self._effort = pd.DataFrame()
+        self._tp_quotes: pd.DataFrame | None = None
 
     def add(self, units: pd.DataFrame, embeddings: np.ndarray | None = None) -> None:
         """Add one chunk of classified units (and their embeddings, for the negative sample)."""
@@ -85,6 +90,14 @@ class Accumulator:
         self._quotes = top_quotes(units, self.settings.quotes_per_stage, self._quotes)
         self._drivers = combine_drivers([self._drivers, driver_partial(
             units, csat_satisfied_min=self.settings.csat_satisfied_min)])
+        if "touchpoints" in units.columns:
+            mentions = units[units["touchpoints"].fillna("").astype(str) != ""]
+            if len(mentions):
+                by_tp = mentions.assign(stage=mentions["touchpoints"].astype(str).str.split(";")).explode("stage")
+                self._tp_quotes = top_quotes(by_tp, self.settings.quotes_per_stage, self._tp_quotes)
+        if "effort_score" in units.columns:
+            assigned = units[units["stage"] != UNASSIGNED]
+            self._effort = combine_effort([self._effort, effort_partial(assigned, ("stage",))], ["stage"])
         if embeddings is not None:
             self._sample_negative(units, embeddings)
 
@@ -127,6 +140,8 @@ class Accumulator:
             negative_embeddings=emb,
             counts=self.counts,
             drivers=self._drivers,
+            effort=self._effort,
+            touchpoint_quotes=self._tp_quotes if self._tp_quotes is not None else pd.DataFrame(),
         )
 
     def run_record(self, **extra: Any) -> dict[str, Any]:

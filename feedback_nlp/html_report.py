@@ -185,7 +185,41 @@ def _stage_view(st: dict[str, Any], centre: float, kpi: str | None, themes_shown
         "themes": themes,
         "other": other,
         "quotes": st.get("quotes", []),
+        "effort": _effort_view(st.get("effort") or {}),
     }
+
+
+def _duration(minutes: float | None) -> str:
+    if minutes is None:
+        return "-"
+    for unit, size in (("d", 1440), ("h", 60)):
+        if minutes >= size:
+            return f"{minutes / size:.1f}".rstrip("0").rstrip(".") + " " + unit
+    return f"{minutes:.0f} min"
+
+
+def _effort_view(e: dict[str, Any]) -> dict[str, Any] | None:
+    """Effort figures read from the text (effort.py) as display strings."""
+    if not e or not e.get("units"):
+        return None
+    return {"wait_share": _pct(e.get("wait_share")), "median_wait": _duration(e.get("median_wait_minutes")),
+            "repeat_share": _pct(e.get("repeat_share")), "transfer_share": _pct(e.get("transfer_share")),
+            "unresolved_share": _pct(e.get("unresolved_share")), "units_with_wait": e.get("units_with_wait", 0)}
+
+
+def _touchpoints_view(jm: dict[str, Any], centre: float) -> list[dict[str, Any]]:
+    """Touchpoints mentioned in the text, worst first: volume, pain, effort, a quote."""
+    rows = []
+    for tp in jm.get("touchpoints", []):
+        s = tp.get("scores") or {}
+        if not s.get("units"):
+            continue
+        colour = pain_colour(s.get("pain"), centre)
+        rows.append({"name": tp["name"], "units": s["units"], "pain": _fmt(s.get("pain")),
+                     "interval": f"{_fmt(s.get('pain_low'))}\u2013{_fmt(s.get('pain_high'))}",
+                     "colour": colour, "text_colour": text_colour(colour), "sort": s.get("pain") or 0,
+                     "effort": _effort_view(tp.get("effort") or {}), "quotes": (tp.get("quotes") or [])[:1]})
+    return sorted(rows, key=lambda r: -r["sort"])
 
 
 def _drivers_view(jm: dict[str, Any]) -> dict[str, Any] | None:
@@ -238,6 +272,7 @@ def report_context(jm: dict[str, Any], cells: pd.DataFrame | None = None, *, the
         "journey": jm["journey"],
         "generated": generated or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "stages": stages,
+        "touchpoints": _touchpoints_view(jm, centre),
         "drivers": drivers,
         "centre": _fmt(centre),
         "span": _fmt(COLOUR_SPAN),

@@ -37,15 +37,37 @@ def _breakdown(table: pd.DataFrame, stage: str, dim: str) -> list[dict[str, Any]
     return [{"id": r["key"], **_figures(r)} for _, r in rows.iterrows()]
 
 
+_EFFORT_FIGURES = ["units", "units_with_wait", "wait_share", "median_wait_minutes", "repeat_share", "transfer_share",
+                   "unresolved_share", "effort_mean", "resolution_hours_mean", "fcr_rate"]
+
+
+def _effort_tables(effort: pd.DataFrame | None):
+    """Effort figures per stage, per (stage, touchpoint) and per touchpoint (all stages)."""
+    if effort is None or effort.empty:
+        return {}, {}, {}
+    from feedback_nlp.effort import effort_summary
+
+    def figs(r: pd.Series) -> dict[str, Any]:
+        return {k: _clean(r[k]) for k in _EFFORT_FIGURES if k in r.index}
+
+    by_stage = {r["stage"]: figs(r) for _, r in effort_summary(effort, ["stage"]).iterrows()}
+    by_stage_tp = {(r["stage"], r["touchpoint"]): figs(r)
+                   for _, r in effort_summary(effort, ["stage", "touchpoint"]).iterrows()}
+    by_tp = {r["touchpoint"]: figs(r) for _, r in effort_summary(effort, ["touchpoint"]).iterrows()}
+    return by_stage, by_stage_tp, by_tp
+
+
 def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, run: dict[str, Any], *,
               themes: dict[str, list[dict[str, Any]]] | None = None,
-              drivers: dict[str, Any] | None = None) -> dict[str, Any]:
+              drivers: dict[str, Any] | None = None, effort: pd.DataFrame | None = None,
+              tp_quotes: pd.DataFrame | None = None) -> dict[str, Any]:
     """The journey map as a dict, every stage and touchpoint with its scores (and, when given,
     its themes and key-driver figures)."""
     from feedback_nlp.drivers import drivers_by_stage
 
     themes = themes or {}
     drivers = drivers or {}
+    eff_stage, eff_stage_tp, eff_tp = _effort_tables(effort)
     stage_drivers = drivers_by_stage(drivers)
     whole = table[table["breakdown"] == ""].set_index("stage") if not table.empty else pd.DataFrame()
     tp_all = table[(table["breakdown"] == "touchpoint") & (table["stage"] == "*")].set_index("key") \
@@ -68,8 +90,10 @@ def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, ru
             "by_segment": _breakdown(table, stage.id, "segment") if not table.empty else [],
             "by_language": _breakdown(table, stage.id, "lang") if not table.empty else [],
             "by_source": _breakdown(table, stage.id, "source") if not table.empty else [],
+            "effort": eff_stage.get(stage.id, {}),
             "touchpoints": [
-                {"id": t, "scores": stage_tps[t] if t in stage_tps else {"units": 0, "pain": None}}
+                {"id": t, "scores": stage_tps[t] if t in stage_tps else {"units": 0, "pain": None},
+                 "effort": eff_stage_tp.get((stage.id, t), {})}
                 for t in stage.touchpoints
             ],
             "quotes": [
@@ -83,7 +107,13 @@ def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, ru
     touchpoints = []
     for tp in journey.touchpoints:
         row = tp_all.loc[tp.id] if tp.id in tp_all.index else None
-        touchpoints.append({"id": tp.id, "name": tp.name, "scores": _figures(row)})
+        q = tp_quotes[tp_quotes["stage"] == tp.id] if tp_quotes is not None and not tp_quotes.empty else None
+        touchpoints.append({
+            "id": tp.id, "name": tp.name, "scores": _figures(row), "effort": eff_tp.get(tp.id, {}),
+            "quotes": [] if q is None else [
+                {"text": r["text"], "lang": r["lang"], "item_id": r["item_id"], "channel": _clean(r["channel"]),
+                 "p_negative": _clean(float(r["p_negative"]))} for _, r in q.iterrows()],
+        })
     return {
         "journey": {"id": journey.id, "name": journey.name, "version": journey.version,
                     "description": journey.description},

@@ -124,3 +124,20 @@ def test_cli_report_rerenders_markdown_with_escaping(example_run, tmp_path):
     assert res.exit_code == 0 and res.output.startswith("# ")
     res = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert res.exit_code == 1 and "[E600]" in res.output
+
+
+def test_cli_run_example_reads_effort_and_touchpoints_from_the_text(example_run):
+    out, _ = example_run
+    jm = json.loads((out / "journey_map.json").read_text())
+    support = next(s for s in jm["stages"] if s["id"] == "support")
+    e = support["effort"]
+    assert e["units_with_wait"] > 0 and 0 < e["wait_share"] <= 1
+    assert e["median_wait_minutes"] is not None and e["median_wait_minutes"] < 24 * 60  # waits on the phone
+    ivr = next(t for t in jm["touchpoints"] if t["id"] == "ivr")
+    assert ivr["scores"]["units"] > 0 and ivr["effort"]["units"] == ivr["scores"]["units"]
+    assert ivr["quotes"] and all("@" not in q["text"] for q in ivr["quotes"])
+    units = pd.read_parquet(out / "units.parquet")
+    for col in ("wait_minutes", "repeat_contact", "transfer", "unresolved", "effort_score", "touchpoints", "channel"):
+        assert col in units.columns
+    waits = units[units["wait_minutes"].notna()]
+    assert len(waits) and waits["wait_span"].notna().all()
