@@ -95,7 +95,7 @@ class Accumulator:
             if len(mentions):
                 by_tp = mentions.assign(stage=mentions["touchpoints"].astype(str).str.split(";")).explode("stage")
                 self._tp_quotes = top_quotes(by_tp, self.settings.quotes_per_stage, self._tp_quotes)
-        if "effort_score" in units.columns:
+        if "text" in units.columns:  # effort_partial reads the signals from the text when not yet there
             assigned = units[units["stage"] != UNASSIGNED]
             self._effort = combine_effort([self._effort, effort_partial(assigned, ("stage",))], ["stage"])
         if embeddings is not None:
