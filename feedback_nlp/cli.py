@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from feedback_nlp import __version__
-from feedback_nlp.errors import FeedbackError
+from feedback_nlp.errors import FeedbackError, InputError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -52,7 +52,8 @@ def common_options(fn: Callable) -> Callable:
                           "Fields: text, id, created_at, channel, source, language, segment, nps, csat, "
                           "resolution_hours, fcr. Repeatable."),
         click.option("--embedder", default=None,
-                     help="'use-m3' (default) or a sentence-transformers model folder on disk."),
+                     help="'use-m3' (default), 'use-m3-onnx', 'use-m3-static' or a sentence-transformers "
+                          "model folder on disk."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary on stderr/stdout."),
     ]
     for d in reversed(decorators):
@@ -90,16 +91,24 @@ def main() -> None:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Rows per chunk (memory bound).")
 @click.option("--threshold", "stage_min_confidence", type=click.FloatRange(0, 1), default=None,
               help="Stage confidence below which a unit is 'unassigned' (default 0.45).")
+@click.option("--fast", is_flag=True,
+              help="Static embedder distilled from use-m3 (about 10x faster, less accurate: "
+                   "docs/performance.md), with its own heads; built into FEEDBACK_NLP_CACHE on first use.")
+@click.option("--device", default=None, metavar="auto|cpu|cuda[:N]",
+              help="Where a torch embedder (--fast, a sentence-transformers folder) runs (default: auto, "
+                   "a GPU when one is visible).")
 @common_options
 @handle_errors
 def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path: str | None, write_csv: bool,
-        chunk_size: int | None, stage_min_confidence: float | None, config_path: str | None,
-        columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
+        chunk_size: int | None, stage_min_confidence: float | None, fast: bool, device: str | None,
+        config_path: str | None, columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None,
+        quiet: bool) -> None:
     """Score feedback files (CSV, TSV, JSONL, Parquet; files or folders) onto a journey map.
 
     Writes into OUT: journey_map.json (the map with scores), units.parquet (every unit with
     language, stage, sentiment and probabilities), scores.csv (all score cells), quarantine.csv
-    (rows that could not be used, with the reason), summary.md and run.json.
+    (rows that could not be used, with the reason), summary.md, report.html (the journey map as
+    a self-contained page), cells.csv (the score sums its filters use) and run.json.
     """
     from feedback_nlp.config import load_journey_map
     from feedback_nlp.embed import Embedder
@@ -112,10 +121,21 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
                                stage_min_confidence=stage_min_confidence, embedder=embedder)
     discover(inputs)  # bad paths fail before models load
     journey = load_journey_map(map_path or settings.journey_map)
-    model = load_model(model_path or settings.model)
-    emb = Embedder(settings.embedder, threads=settings.threads)
+    from feedback_nlp.distill import select_tier
+
+    settings, model_dir = select_tier(settings, columns, journey, fast=fast, embedder_option=embedder,
+                                      model_option=model_path, device=device,
+                                      notify=None if quiet else lambda m: click.echo(m, err=True))
+    model = load_model(model_dir)
+    emb = Embedder(settings.embedder, threads=settings.threads, device=settings.device,
+                   dedup=settings.embed_dedup, gpu_batch_size=settings.gpu_batch_size,
+                   fast_batch_size=settings.fast_batch_size)
     result = run_batch(inputs, journey=journey, settings=settings, columns=columns, model=model, embedder=emb,
                        out_dir=out_dir, write_csv=write_csv, quiet=quiet)
+    zero_shot = result.journey_map["run"].get("zero_shot_stages") or []
+    if zero_shot:
+        click.echo(f"zero-shot stages (no labelled data; classified from the map's descriptions and examples): "
+                   f"{', '.join(zero_shot)}", err=True)
     if not quiet:
         click.echo(summary_table(result.journey_map))
         c = result.counts
@@ -127,55 +147,339 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("labels", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Model folder to write, e.g. models/seed-v2.")
-@click.option("--id", "model_id", default=None, help="Model id (default: the folder name).")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--store", "store_path", envvar="FEEDBACK_NLP_STORE", type=click.Path(dir_okay=False), default=None,
+              help="SQLite store (default: `store` in the config, feedback.db; env FEEDBACK_NLP_STORE).")
+@click.option("--period", type=click.Choice(["day", "week", "month"]), default="day", show_default=True,
+              help="Period written to OUT/PERIOD/ and compared with the one before (trends).")
+@click.option("--as-of", "as_of", default=None, metavar="DATE",
+              help="Latest period is the one holding DATE (default: the newest item's created_at).")
 @click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,
-              help="Journey map whose touchpoints the touchpoint head learns.")
-@click.option("--test-size", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
-              help="Share of rows held out for the model card's metrics.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--promote", is_flag=True, help="Point models/CURRENT at the new model.")
+              help="Journey map YAML (default: configs/journeys/contact_centre.yaml).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out", show_default=True,
+              help="Output folder; replaced only when the run succeeds.")
+@click.option("--model", "model_path", default=None, help="Model folder or pointer file (default: models/CURRENT).")
+@click.option("--csv", "write_csv", is_flag=True, help="Also write units.csv next to units.parquet.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Rows per chunk and per transaction.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+              help="Append the run's JSON log line to this file instead of stderr.")
 @common_options
 @handle_errors
-def train(labels: tuple[str, ...], out_dir: str, model_id: str | None, map_path: str | None, test_size: float,
-          seed: int, promote: bool, config_path: str | None, columns_path: str | None,
+def score(inputs: tuple[str, ...], store_path: str | None, period: str, as_of: str | None, map_path: str | None,
+          out_dir: str, model_path: str | None, write_csv: bool, chunk_size: int | None, log_path: str | None,
+          config_path: str | None, columns_path: str | None, column_overrides: tuple[str, ...],
+          embedder: str | None, quiet: bool) -> None:
+    """Scheduled scoring: score only what is new in INPUTS into a store, then rewrite OUT.
+
+    Items already scored (same id, same content) are skipped; an edited item is re-scored and
+    its old prediction retired; a new model re-classifies stored embeddings. OUT holds the
+    all-time map, OUT/PERIOD/ the latest period's, both with trends against the period before.
+    One run at a time per store. Exit codes: 0 ok, 1 failed, 2 bad input, 3 some rows
+    quarantined. One JSON log line per run on stderr (or --log). See docs/scheduling.md.
+    """
+    from feedback_nlp.incremental import score_command
+    from feedback_nlp.report import summary_table
+
+    result = score_command(inputs, store_path=store_path, map_path=map_path, out_dir=out_dir, model_path=model_path,
+                           period=period, as_of=as_of, log_path=log_path, write_csv=write_csv, chunk_size=chunk_size,
+                           config_path=config_path, columns_path=columns_path, column_overrides=column_overrides,
+                           embedder=embedder, quiet=quiet)
+    if not quiet:
+        click.echo(summary_table(result.journey_map))
+        for line in result.headlines:
+            click.echo(line)
+        s = result.stats
+        click.echo(f"new {s.items_new}, edited {s.items_edited}, unchanged {s.items_unchanged}; embedded "
+                   f"{s.texts_embedded} texts, reused {s.texts_reused}, re-classified {s.units_reclassified}; "
+                   f"quarantined {result.read.rows_quarantined}; outputs in {out_dir}/", err=True)
+    sys.exit(result.exit_code)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option("--labels", "new_labels", multiple=True, type=click.Path(),
+              help="New labelled files, merged over the seed corpus and the base model's labels "
+                   "(later files win on the same text). Repeatable.")
+@click.option("--base", "base", default=None,
+              help="Model whose training labels are merged in (default: models/CURRENT when --labels is given).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Model folder to write (default: models/v<N+1>).")
+@click.option("--id", "model_id", default=None, help="Model id (default: the folder name).")
+@click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,
+              help="Journey map whose stages and touchpoints the heads learn.")
+@click.option("--test-size", type=click.FloatRange(0.05, 0.5), default=None,
+              help="Share of rows held out for the model card's metrics (default 0.2, configs/train.yaml).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0, configs/train.yaml).")
+@click.option("--train-config", type=click.Path(dir_okay=False), default=None,
+              help="Training settings YAML (default: configs/train.yaml).")
+@click.option("--promote/--no-promote", default=True, show_default=True,
+              help="Point models/CURRENT at the new version if it is not worse than the current one.")
+@click.option("--force", is_flag=True, help="Promote even if the new version is worse.")
+@common_options
+@handle_errors
+def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None, out_dir: str | None,
+          model_id: str | None, map_path: str | None, test_size: float | None, seed: int | None,
+          train_config: str | None, promote: bool, force: bool, config_path: str | None, columns_path: str | None,
           column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
     """Train stage, sentiment and touchpoint heads on labelled files (columns text, stage,
     sentiment, optional touchpoints separated by ';').
 
-    Metrics in the model card come from a stratified held-out split, never from training rows.
+    FILES are used as they are (e.g. `train corpora/seed`). With --labels, the new files are
+    merged over the seed corpus and the labels the base model was trained on. Rows that cannot be
+    used (unknown stage or sentiment, empty text, conflicting duplicates) are reported with file
+    and row and written to label_issues.csv in the model folder. Metrics come from a stratified
+    held-out split; the new version is compared with the current one on the same held-out rows
+    and promoted only if macro-F1 does not drop (overall and per language) beyond
+    `promote_tolerance`, unless --force.
     """
-    from feedback_nlp.config import load_journey_map, resolve
+    from feedback_nlp import registry
+    from feedback_nlp.config import load_journey_map, load_train_settings, resolve
     from feedback_nlp.embed import Embedder
-    from feedback_nlp.persist import POINTER, save_model
-    from feedback_nlp.train import model_card, read_labelled
+    from feedback_nlp.persist import POINTER, load_model, resolve_model_folder, save_model
+    from feedback_nlp.train import evaluate_model, load_labels, model_card
     from feedback_nlp.train import train as train_model
 
     settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
-    out = Path(out_dir)
+    ts = load_train_settings(train_config).replace(test_size=test_size, seed=seed)
+    journey = load_journey_map(map_path or settings.journey_map)
+    root = _models_root(settings.model)
+    if not files and not new_labels:
+        raise InputError("E512", "give labelled FILES, or --labels FILE (merged over the seed corpus)")
+    sources: list[list[str]] = []
+    if files:
+        sources.append(list(files))
+    if new_labels:
+        if not files:
+            sources.append([str(resolve(ts.seed_corpus))])
+        base_dir = resolve_model_folder(base) if base else (root / POINTER if (root / POINTER).is_file() else None)
+        if base_dir is not None:
+            base_files = load_model(base_dir).meta.get("training_data", {}).get("files", [])
+            seen = {str(Path(f)) for group in sources for f in group}
+            sources.extend([f] for f in base_files if str(Path(f)) not in seen and Path(f).exists())
+        sources.append(list(new_labels))
+    out = Path(out_dir) if out_dir else root / f"v{len(registry.versions(root)) + 1 if root.is_dir() else 1}"
     if out.exists() and any(out.iterdir()):
         raise FeedbackError("E510", f"{out} exists and is not empty; model versions are never overwritten")
-    journey = load_journey_map(map_path or settings.journey_map)
-    df = read_labelled(labels, columns, settings)
+    df, issues = load_labels(sources, columns, settings, journey.stage_ids)
+    if len(issues):
+        counts = issues["problem"].value_counts().to_dict()
+        click.echo(f"{len(issues)} labelled rows not used: " + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
+        for r in issues.head(10).itertuples():
+            click.echo(f"  {r.source_file}, row {r.row}, field '{r.field}': {r.problem}: {r.detail}", err=True)
+    if len(df) < 20:
+        raise InputError("E511", f"only {len(df)} usable labelled rows; at least 20 are needed")
     emb = Embedder(settings.embedder, threads=settings.threads)
     from tqdm import tqdm
 
     with tqdm(total=len(df), unit="unit", desc="embedding", file=sys.stderr, disable=quiet, leave=False) as bar:
         X = emb.encode(df["text"].tolist(), batch_size=settings.embed_batch_size, progress=bar.update)
-    model, metrics = train_model(df, X, model_id=model_id or out.name, embedder_id=emb.id,
-                                 embedder_desc=emb.info.description, test_size=test_size, seed=seed,
-                                 tp_labels=[t.id for t in journey.touchpoints], sources=[str(p) for p in labels])
+    files_used = [f for group in sources for f in group]
+    model, metrics, held_out = train_model(df, X, model_id=model_id or out.name, embedder_id=emb.id,
+                                           embedder_desc=emb.info.description, test_size=ts.test_size, seed=ts.seed,
+                                           tp_labels=[t.id for t in journey.touchpoints], sources=files_used, ts=ts)
     md, js = model_card(model)
-    save_model(model, out, {"card.md": md, "card.json": js})
-    if promote:
-        pointer = resolve(settings.model) if Path(settings.model).name == POINTER else out.parent / POINTER
-        pointer.write_text(out.resolve().name + "\n", encoding="utf-8")
+    extra = {"card.md": md, "card.json": js}
+    if len(issues):
+        extra["label_issues.csv"] = issues.to_csv(index=False)
+    save_model(model, out, extra)
     if not quiet:
         for head in ("stage", "sentiment"):
             click.echo(f"{head}: held-out accuracy {metrics[head]['accuracy']:.3f}, macro-F1 {metrics[head]['macro_f1']:.3f}")
-        click.echo(f"model written to {out}" + (" and promoted" if promote else ""))
+        click.echo(f"model written to {out}")
+    if not promote:
+        return
+    current = registry.current_id(out.parent)
+    reason = "first version"
+    if current and current != out.name and not force:
+        old = load_model(out.parent / current)
+        if old.embedder_id != model.embedder_id:
+            click.echo(f"not promoted: current {current} uses embedder {old.embedder_id}; compare by hand and use "
+                       "`feedback-nlp models promote` (or --force)", err=True)
+            return
+        old_metrics = evaluate_model(old, X[held_out], df.iloc[held_out])
+        worse = registry.compare(metrics, old_metrics, ts.promote_tolerance)
+        if worse:
+            click.echo(f"not promoted: worse than {current} on the same held-out rows: " + "; ".join(worse), err=True)
+            return
+        reason = (f"held-out macro-F1 stage {metrics['stage']['macro_f1']:.3f} vs {old_metrics['stage']['macro_f1']:.3f}, "
+                  f"sentiment {metrics['sentiment']['macro_f1']:.3f} vs {old_metrics['sentiment']['macro_f1']:.3f}")
+    elif force:
+        reason = "forced"
+    registry.promote(out.parent, out.name, reason)
+    if not quiet:
+        click.echo(f"promoted {out.name} ({reason})")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--from", "run_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Output folder of `run` or `score` (reads units.parquet).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True, help="Units to pick.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="to_label.csv", show_default=True)
+@click.option("--model", "model_path", default=None, help="Model whose training data counts as seen (default: CURRENT).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@common_options
+@handle_errors
+def sample(run_dir: str, n: int, out_path: str, model_path: str | None, seed: int, config_path: str | None,
+           columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
+    """Pick units worth labelling from a run: low confidence, head and stage prototypes
+    disagreeing, languages the model has seen least; spread over languages and stages, with
+    the current predictions as suggestions and empty stage/sentiment/touchpoints columns."""
+    import pandas as pd
+
+    from feedback_nlp.active import priority, select_for_labelling
+    from feedback_nlp.config import load_journey_map
+    from feedback_nlp.embed import Embedder
+    from feedback_nlp.persist import load_model
+    from feedback_nlp.zeroshot import build_prototypes, prototype_proba
+
+    settings, _ = _setup(config_path, columns_path, column_overrides, embedder=embedder)
+    path = Path(run_dir) / "units.parquet"
+    if not path.is_file():
+        raise InputError("E520", f"{path}: not found; --from takes the output folder of `feedback-nlp run`")
+    units = pd.read_parquet(path)
+    model = load_model(model_path or settings.model)
+    journey = load_journey_map(settings.journey_map)
+    emb = Embedder(settings.embedder, threads=settings.threads)
+    protos = build_prototypes(journey, emb.encode, [], settings.zero_shot_temperature)
+    X = emb.encode(units["text"].astype(str).tolist(), batch_size=settings.embed_batch_size)
+    proto_stage = pd.Series(list(protos.stage_ids), dtype=object).iloc[prototype_proba(X, protos).argmax(axis=1)]
+    seen = model.meta.get("training_data", {}).get("per_language", {})
+    sheet = select_for_labelling(priority(units, proto_stage.reset_index(drop=True), seen), n, seed=seed)
+    sheet.to_csv(out_path, index=False)
+    if not quiet:
+        click.echo(f"{len(sheet)} units written to {out_path}: " + ", ".join(
+            f"{k} {v}" for k, v in sheet["lang"].value_counts().sort_index().items()))
+
+
+@main.command("audit-labels", context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--top", type=int, default=30, show_default=True, help="Rows listed on the terminal.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write every row, ranked, as CSV.")
+@common_options
+@handle_errors
+def audit_labels(files: tuple[str, ...], top: int, out_path: str | None, config_path: str | None,
+                 columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
+    """List labelled units whose label disagrees most with cross-validated predictions (5 folds),
+    for a second look."""
+    from feedback_nlp.active import audit
+    from feedback_nlp.classify import LinearHead
+    from feedback_nlp.embed import Embedder
+    from feedback_nlp.train import read_labelled
+
+    settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
+    df = read_labelled(files, columns, settings)
+    emb = Embedder(settings.embedder, threads=settings.threads)
+    X = emb.encode(df["text"].tolist(), batch_size=settings.embed_batch_size)
+    ranked = audit(X, df, lambda: LinearHead(C=4.0))
+    if out_path:
+        ranked.to_csv(out_path, index=False)
+    for r in ranked.head(top).itertuples():
+        click.echo(f"{r.source_file}, row {r.row}: labelled {r.stage}/{r.sentiment}, cross-validated "
+                   f"{r.cv_stage}/{r.cv_sentiment} (p of label {min(r.p_stage_label, r.p_sentiment_label):.2f}): "
+                   f"{r.text[:90]}")
+
+
+@main.group(context_settings=CONTEXT)
+def models() -> None:
+    """The model registry: list, show, promote, roll back and compare versions under models/."""
+
+
+def _models_root(model_setting: str | None = None) -> Path:
+    """The registry folder: $FEEDBACK_NLP_MODELS, else the folder of the configured pointer."""
+    import os
+
+    from feedback_nlp.config import load_settings, resolve
+    from feedback_nlp.persist import POINTER
+
+    if os.environ.get("FEEDBACK_NLP_MODELS"):
+        return Path(os.environ["FEEDBACK_NLP_MODELS"])
+    model = model_setting or load_settings().model
+    return resolve(model).parent if Path(model).name == POINTER else resolve("models")
+
+
+@models.command("list", context_settings=CONTEXT)
+@handle_errors
+def models_list() -> None:
+    """Versions with creation time, training rows and held-out macro-F1; * marks the current one."""
+    from feedback_nlp import registry
+
+    for v in registry.versions(_models_root()):
+        f1 = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        click.echo(f"{'*' if v.current else ' '} {v.id:<16} {v.created:<26} rows {v.rows:>6}  "
+                   f"stage F1 {f1(v.stage_f1)}  sentiment F1 {f1(v.sentiment_f1)}")
+
+
+@models.command("show", context_settings=CONTEXT)
+@click.argument("version")
+@handle_errors
+def models_show(version: str) -> None:
+    """Print a version's model card."""
+    from feedback_nlp import registry
+
+    folder = registry._version_folder(_models_root(), version)
+    card = folder / "card.md"
+    click.echo(card.read_text(encoding="utf-8") if card.is_file() else f"{folder}: no card.md")
+
+
+@models.command("promote", context_settings=CONTEXT)
+@click.argument("version")
+@handle_errors
+def models_promote(version: str) -> None:
+    """Make VERSION the current model."""
+    from feedback_nlp import registry
+
+    registry.promote(_models_root(), version, "promoted by hand")
+    click.echo(f"current model: {version}")
+
+
+@models.command("rollback", context_settings=CONTEXT)
+@handle_errors
+def models_rollback() -> None:
+    """Make the version that was current before the last promotion current again."""
+    from feedback_nlp import registry
+
+    click.echo(f"current model: {registry.rollback(_models_root())}")
+
+
+@models.command("diff", context_settings=CONTEXT)
+@click.argument("version_a")
+@click.argument("version_b")
+@click.argument("data", nargs=-1, required=True, type=click.Path())
+@click.option("--limit", type=int, default=20, show_default=True, help="Units listed.")
+@common_options
+@handle_errors
+def models_diff(version_a: str, version_b: str, data: tuple[str, ...], limit: int, config_path: str | None,
+                columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
+    """How predictions on DATA (feedback files) change from VERSION_A to VERSION_B: which units
+    moved stage or sentiment."""
+    import tempfile
+
+    import pandas as pd
+
+    from feedback_nlp import registry
+    from feedback_nlp.config import load_journey_map
+    from feedback_nlp.embed import Embedder
+    from feedback_nlp.persist import load_model
+    from feedback_nlp.pipeline import run_batch
+
+    settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
+    root = _models_root()
+    journey = load_journey_map(settings.journey_map)
+    emb = Embedder(settings.embedder, threads=settings.threads)
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, v in enumerate((version_a, version_b)):
+            model = load_model(registry._version_folder(root, v))
+            run_batch(data, journey=journey, settings=settings, columns=columns, model=model, embedder=emb,
+                      out_dir=Path(tmp) / str(i), quiet=True)
+            frames.append(pd.read_parquet(Path(tmp) / str(i) / "units.parquet"))
+    d = registry.diff_predictions(*frames)
+    n = len(frames[0])
+    click.echo(f"{len(d)} of {n} units changed stage or sentiment from {version_a} to {version_b}")
+    for r in registry.moves_table(d).itertuples():
+        click.echo(f"  {r._1:<12} -> {r.to:<12} {r.units}")
+    for r in d.head(limit).itertuples():
+        click.echo(f"  [{r.stage_a}/{r.sentiment_a} -> {r.stage_b}/{r.sentiment_b}] {r.text[:100]}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -216,15 +520,50 @@ def evaluate(model_path: str, data: tuple[str, ...], json_out: str | None, confi
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["md", "table"]), default="table", show_default=True)
+@click.option("--tier", type=click.Choice(["use-m3-static", "use-m3-onnx"]), default="use-m3-static",
+              show_default=True, help="use-m3-static: the --fast tier; use-m3-onnx: needs feedback_nlp[onnx].")
+@click.option("--force", is_flag=True, help="Rebuild even if the cache already holds the tier.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Run settings YAML (default: configs/run.yaml).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the folder.")
 @handle_errors
-def report(run_dir: str, fmt: str) -> None:
-    """Re-render a summary from an existing output folder (journey_map.json)."""
-    from feedback_nlp.report import markdown_summary, summary_table
+def distill(tier: str, force: bool, config_path: str | None, quiet: bool) -> None:
+    """Build a fast tier into the cache (FEEDBACK_NLP_CACHE, default ~/.cache/feedback_nlp).
 
-    path = Path(run_dir) / "journey_map.json"
-    if not path.is_file():
-        raise FeedbackError("E600", f"{path}: not found; is {run_dir} the output folder of `feedback-nlp run`?")
-    jm = json.loads(path.read_text(encoding="utf-8"))
-    click.echo(markdown_summary(jm) if fmt == "md" else summary_table(jm))
+    use-m3-static: one vector per SentencePiece piece, distilled from use-m3 (PCA, SIF weights),
+    saved as a sentence-transformers StaticEmbedding folder. Either tier gets its own heads,
+    trained on corpora/seed; the card's held-out metrics are printed. `run --fast` does the
+    same on first use.
+    """
+    import shutil
+
+    from feedback_nlp.config import load_journey_map
+    from feedback_nlp.distill import ensure_tier, tier_dir
+
+    settings, columns = _setup(config_path, None, ())
+    journey = load_journey_map(settings.journey_map)
+    if force:
+        shutil.rmtree(tier_dir(tier), ignore_errors=True)
+    folder = ensure_tier(tier, settings=settings, columns=columns, journey=journey, quiet=quiet)
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    if not quiet:
+        m = card["evaluation"]["metrics"]
+        for head in ("stage", "sentiment"):
+            click.echo(f"{head}: held-out accuracy {m[head]['accuracy']:.3f}, macro-F1 {m[head]['macro_f1']:.3f}")
+    click.echo(f"{card['embedder_id']}: embedder and heads in {tier_dir(tier)}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["html", "md", "table"]), default="html", show_default=True,
+              help="html: re-render report.html; md: a Markdown summary for e-mail or chat (stdout); "
+                   "table: the terminal table.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write here instead (default: RUN_DIR/report.html for html, stdout for md and table).")
+@handle_errors
+def report(run_dir: str, fmt: str, out_path: str | None) -> None:
+    """Re-render the report from an existing output folder (journey_map.json, cells.csv)."""
+    from feedback_nlp.report import render_run
+
+    text, written = render_run(Path(run_dir), fmt, Path(out_path) if out_path else None)
+    click.echo(f"report written to {written}" if written else text)

@@ -275,6 +275,11 @@ class Settings:
     embedder: str = "use-m3"
     embed_batch_size: int = 64
     threads: int = 2
+    embed_dedup: bool = True
+    fast_embedder: str = "use-m3-static"
+    device: str = "auto"
+    gpu_batch_size: int = 512
+    fast_batch_size: int = 1024
     chunk_size: int = 2000
     max_text_chars: int = 20000
     languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
@@ -306,6 +311,9 @@ class Settings:
         checks = [
             ("embed_batch_size", self.embed_batch_size >= 1),
             ("threads", self.threads >= 1),
+            ("device", self.device in ("auto", "cpu") or self.device.startswith("cuda")),
+            ("gpu_batch_size", self.gpu_batch_size >= 1),
+            ("fast_batch_size", self.fast_batch_size >= 1),
             ("chunk_size", self.chunk_size >= 1),
             ("max_text_chars", self.max_text_chars >= 1),
             ("language_min_confidence", 0 <= self.language_min_confidence <= 1),
@@ -368,6 +376,8 @@ class TrainSettings:
     test_size: float = 0.2
     seed: int = 0
     calibration_bins: int = 10
+    seed_corpus: str = "corpora/seed"
+    promote_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         if self.kernel_components < 0 or self.C <= 0 or not 0 < self.test_size < 1 or self.calibration_bins < 2:

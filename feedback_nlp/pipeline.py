@@ -31,7 +31,9 @@ from feedback_nlp.errors import Reason
 from feedback_nlp.language import language_chunk
 from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarantine_frame, read_raw_chunks
 from feedback_nlp.records import QUARANTINED
+from feedback_nlp.effort import effort_chunk
 from feedback_nlp.segment import segment_chunk
+from feedback_nlp.zeroshot import StagePrototypes, build_prototypes
 
 
 class EmbedderLike:  # the interface process_chunk needs (embed.Embedder or a test double)
@@ -42,7 +44,8 @@ class EmbedderLike:  # the interface process_chunk needs (embed.Embedder or a te
 
 
 def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMap, model: Model,
-                  embedder: EmbedderLike, progress: Callable[[int], None] | None = None,
+                  embedder: EmbedderLike, prototypes: StagePrototypes | None = None,
+                  progress: Callable[[int], None] | None = None,
                   on_units: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Items (raw text) -> (classified units, their embeddings, quarantine rows for items with
     nothing left after cleaning)."""
@@ -64,7 +67,9 @@ def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMa
                           progress=progress)
     units = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
                            stage_min_confidence=settings.stage_min_confidence,
-                           touchpoint_min_probability=settings.touchpoint_min_probability)
+                           touchpoint_min_probability=settings.touchpoint_min_probability,
+                           prototypes=prototypes)
+    units = effort_chunk(units)
     return units, emb, q
 
 
@@ -150,7 +155,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     started = time.time()
     files = discover(inputs)
     model.check_embedder(embedder.id)
-    model.check_stages(journey.stage_ids)
+    prototypes = stage_prototypes(journey, model, embedder, settings)
     acc = Accumulator(settings)
     acc.counts.files = len(files)
     out = Outputs(Path(out_dir), write_csv)
@@ -166,7 +171,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
                 acc.counts.add_blanked(mapped.blanked)
                 items, dup_q = drop_duplicate_ids(mapped.items, seen)
                 units, emb, empty_q = process_chunk(
-                    items, settings=settings, journey=journey, model=model, embedder=embedder,
+                    items, settings=settings, journey=journey, model=model, embedder=embedder, prototypes=prototypes,
                     progress=bar.update, on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n),
                 )
                 q = pd.concat([df for df in (quarantine_frame(bad), mapped.quarantine, dup_q, empty_q) if len(df)]
@@ -190,6 +195,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
             "model_id": model.model_id,
             "embedder_id": embedder.id,
             "journey_map": journey.path,
+            "zero_shot_stages": list(prototypes.zero_shot) if prototypes else [],
             "settings": settings.to_dict(),
             "counts": agg.counts.__dict__,
         }
@@ -202,16 +208,34 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     return RunResult(Path(out_dir), jm, agg.scores, agg.counts)
 
 
-def write_outputs(out: "Outputs", journey: JourneyMap, agg: Aggregates, run: dict[str, Any]) -> dict[str, Any]:
-    """Everything derived from the aggregates: the scored map, score table, summaries."""
-    from feedback_nlp.merge import merge_map
+def stage_prototypes(journey: JourneyMap, model: Model, embedder: EmbedderLike,
+                     settings: Settings) -> StagePrototypes | None:
+    """Prototypes for the map's stages when some have no trained class (else None)."""
+    if not model.untrained_stages(journey.stage_ids):
+        return None
+    return build_prototypes(journey, lambda texts: embedder.encode(texts), list(model.stage.classes_),
+                            settings.zero_shot_temperature)
+
+
+def write_outputs(out: "Outputs", journey: JourneyMap, agg: Aggregates, run: dict[str, Any], *,
+                  decorate: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """Everything derived from the aggregates: the scored map, score table, summaries.
+    `decorate` may add to the merged map before it is written (incremental.py adds trends)."""
+    from feedback_nlp.html_report import render_html
+    from feedback_nlp.merge import merge_map, themes_and_drivers
     from feedback_nlp.report import markdown_summary
 
-    jm = merge_map(journey, agg.scores, agg.quotes, run)
+    themes, drivers = themes_and_drivers(journey, agg, run["settings"])
+    jm = merge_map(journey, agg.scores, agg.quotes, run, themes=themes, drivers=drivers, effort=agg.effort,
+                   tp_quotes=agg.touchpoint_quotes)
+    if decorate is not None:
+        decorate(jm)
     out.json("journey_map.json", jm)
     out.json("run.json", run)
     agg.scores.to_csv(out.tmp / "scores.csv", index=False)
+    agg.partial.to_csv(out.tmp / "cells.csv", index=False)  # score sums: report.html's filters
     out.text("summary.md", markdown_summary(jm))
+    out.text("report.html", render_html(jm, agg.partial))
     return jm
 
 
