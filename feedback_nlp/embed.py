@@ -23,6 +23,7 @@ model folder on disk can replace all of them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -198,12 +199,34 @@ class SentencePieceIds:
         return ([self.BOS] if add_bos else []) + ids + ([self.EOS] if add_eos else [])
 
 
+@functools.lru_cache(maxsize=1)
+def _text_module_base():
+    """An input module over raw texts with 512-d output; subclasses only embed."""
+    from sentence_transformers.base.modules.input_module import InputModule
+
+    class TextInputModule(InputModule):
+
+        def preprocess(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> dict:
+            texts = [prompt + t for t in inputs] if prompt else list(inputs)
+            return {"texts": texts}
+
+        def get_sentence_embedding_dimension(self) -> int:
+            return 512
+
+        def get_embedding_dimension(self) -> int:
+            return 512
+
+        def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
+            self.save_config(output_path)
+
+    return TextInputModule
+
+
 def _usem3_module_class():
     """Defined lazily so importing this module does not import torch."""
     import torch
-    from sentence_transformers.base.modules.input_module import InputModule
 
-    class USEM3(InputModule):
+    class USEM3(_text_module_base()):
         """USE multilingual v3 (numpy forward pass) as a sentence-transformers input module."""
 
         config_keys = ["threads", "fast_tokenizer"]
@@ -223,23 +246,10 @@ def _usem3_module_class():
                 else:
                     self._use._sp = tok  # usem3 0.2.1 reads its tokenizer from `_sp` (pinned)
 
-        def preprocess(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> dict:
-            texts = [prompt + t for t in inputs] if prompt else list(inputs)
-            return {"texts": texts}
-
         def forward(self, features: dict, **kwargs: Any) -> dict:
             emb = np.asarray(self._use.encode(features["texts"]), dtype=np.float32)
             features["sentence_embedding"] = torch.from_numpy(emb)
             return features
-
-        def get_sentence_embedding_dimension(self) -> int:
-            return 512
-
-        def get_embedding_dimension(self) -> int:
-            return 512
-
-        def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
-            self.save_config(output_path)
 
     return USEM3
 
@@ -247,9 +257,8 @@ def _usem3_module_class():
 def _onnx_module_class():
     """The quantised ONNX graph (tokenizer inside, via onnxruntime-extensions) as an input module."""
     import torch
-    from sentence_transformers.base.modules.input_module import InputModule
 
-    class USEM3Onnx(InputModule):
+    class USEM3Onnx(_text_module_base()):
         config_keys = ["threads"]
 
         def __init__(self, threads: int = 2) -> None:
@@ -265,24 +274,11 @@ def _onnx_module_class():
             self._session = ort.InferenceSession(str(onnx_model_path()), sess_options=opts,
                                                  providers=["CPUExecutionProvider"])
 
-        def preprocess(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> dict:
-            texts = [prompt + t for t in inputs] if prompt else list(inputs)
-            return {"texts": texts}
-
         def forward(self, features: dict, **kwargs: Any) -> dict:
             texts = np.asarray(features["texts"], dtype=object)
             emb = self._session.run(["outputs"], {"inputs": texts})[0]
             features["sentence_embedding"] = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
             return features
-
-        def get_sentence_embedding_dimension(self) -> int:
-            return 512
-
-        def get_embedding_dimension(self) -> int:
-            return 512
-
-        def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
-            self.save_config(output_path)
 
     return USEM3Onnx
 
