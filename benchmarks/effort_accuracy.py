@@ -11,7 +11,6 @@ unresolved outcomes (overlapping span).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import f1_score

@@ -225,7 +225,6 @@ def current_rss_mb() -> float:
 
 
 def child(args: argparse.Namespace) -> None:
-    import numpy as np
     import pandas as pd
 
     from feedback_nlp.config import load_column_map, load_journey_map, load_settings
@@ -295,7 +294,6 @@ def child(args: argparse.Namespace) -> None:
 
 
 def compare(args: argparse.Namespace, dump: Path) -> dict[str, Any]:
-    import numpy as np
     import pandas as pd
 
     from feedback_nlp.clean import clean_chunk, has_content

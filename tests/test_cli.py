@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -22,7 +21,6 @@ def test_cli_help_lists_commands_and_is_fast():
     assert res.exit_code == 0
     for cmd in ("run", "train", "evaluate", "report"):
         assert cmd in res.output
-    t = time.time()
     proc = subprocess.run([sys.executable, "-m", "feedback_nlp", "run", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--map" in proc.stdout
     # heavy libraries stay unimported for --help (time itself is a benchmark matter, not a test)

@@ -3,11 +3,10 @@ import pandas as pd
 import pytest
 
 from conftest import write
-from feedback_nlp.classify import classify_chunk
 from feedback_nlp.config import load_journey_map
 from feedback_nlp.errors import InputError
 from feedback_nlp.pipeline import run_batch
-from feedback_nlp.zeroshot import StagePrototypes, build_prototypes, combine, prototype_proba
+from feedback_nlp.zeroshot import StagePrototypes, build_prototypes, combine
 
 MAP = """
 id: tiny
