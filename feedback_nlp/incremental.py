@@ -361,7 +361,7 @@ def _run(files: list[Path], st: Store, run_id: int, inputs_info: list[dict], *, 
         sub = Outputs(out.tmp / period, write_csv=False)
         run_p = {**run, "scope": f"{period} {cur_w.label}" if cur_w else f"{period} (no dated items)",
                  "counts": _map_counts(aggs["current"].counts, read)}
-        write_outputs(sub, journey, aggs["current"], run_p, decorate=decorate)
+        write_outputs(sub, journey, aggs["current"], run_p, decorate=decorate, previous=aggs["previous"])
         trend.to_csv(sub.tmp / "trends.csv", index=False)
         _add_trend_section(sub.tmp / "summary.md", lines, cur_w, prev_w)
         sub.commit()

@@ -132,10 +132,21 @@ def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, ru
     }
 
 
-def themes_and_drivers(journey: JourneyMap, agg: Any, settings: Mapping[str, Any]
+def _negative_by_stage(agg: Any) -> dict[str, Any] | None:
+    """An earlier period's negative-unit embeddings per stage (themes' trends)."""
+    units = getattr(agg, "negative_units", None)
+    emb = getattr(agg, "negative_embeddings", None)
+    if units is None or len(units) == 0 or emb is None or len(emb) != len(units):
+        return None
+    stages = units["stage"].astype(str).to_numpy()
+    return {s: emb[stages == s] for s in sorted(set(stages))}
+
+
+def themes_and_drivers(journey: JourneyMap, agg: Any, settings: Mapping[str, Any], previous: Any = None
                        ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Named pain points and key drivers of a run's aggregates (aggregate.Aggregates), with the
-    run's settings (run.json's `settings`; a missing key takes the Settings default)."""
+    run's settings (run.json's `settings`; a missing key takes the Settings default). With the
+    previous period's aggregates, each theme gets its trend (its share then and the change)."""
     from feedback_nlp.config import Settings
     from feedback_nlp.drivers import key_drivers
     from feedback_nlp.themes import find_themes, themes_to_json
@@ -146,7 +157,8 @@ def themes_and_drivers(journey: JourneyMap, agg: Any, settings: Mapping[str, Any
     themes = find_themes(agg.negative_units, agg.negative_embeddings,
                          distance_threshold=opt("theme_distance_threshold"), min_units=opt("theme_min_units"),
                          min_share=opt("theme_min_share"), max_units=opt("theme_max_units"),
-                         quotes=opt("theme_quotes"), keywords=opt("theme_keywords"))
+                         quotes=opt("theme_quotes"), keywords=opt("theme_keywords"),
+                         previous=_negative_by_stage(previous))
     drivers = key_drivers(getattr(agg, "drivers", None), stages=journey.stage_ids, level=opt("interval_level"),
                           min_items=opt("driver_min_items"), csat_satisfied_min=opt("csat_satisfied_min"))
     return themes_to_json(themes), drivers

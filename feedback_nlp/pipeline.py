@@ -218,14 +218,15 @@ def stage_prototypes(journey: JourneyMap, model: Model, embedder: EmbedderLike,
 
 
 def write_outputs(out: "Outputs", journey: JourneyMap, agg: Aggregates, run: dict[str, Any], *,
-                  decorate: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+                  decorate: Callable[[dict[str, Any]], Any] | None = None,
+                  previous: Aggregates | None = None) -> dict[str, Any]:
     """Everything derived from the aggregates: the scored map, score table, summaries.
     `decorate` may add to the merged map before it is written (incremental.py adds trends)."""
     from feedback_nlp.html_report import render_html
     from feedback_nlp.merge import merge_map, themes_and_drivers
     from feedback_nlp.report import markdown_summary
 
-    themes, drivers = themes_and_drivers(journey, agg, run["settings"])
+    themes, drivers = themes_and_drivers(journey, agg, run["settings"], previous=previous)
     jm = merge_map(journey, agg.scores, agg.quotes, run, themes=themes, drivers=drivers, effort=agg.effort,
                    tp_quotes=agg.touchpoint_quotes)
     if decorate is not None:

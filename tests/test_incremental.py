@@ -489,3 +489,24 @@ def _worker(store: str, out: str, pause: str, inputs: list[str]) -> None:
 
 if __name__ == "__main__":
     _worker(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:])
+
+
+def test_incremental_period_map_gives_themes_their_trend(tmp_path):
+    """The period map compares each pain-point theme with the period before (share then, change)."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from conftest import ROOT
+    from feedback_nlp.cli import main
+
+    res = CliRunner().invoke(main, ["score", str(ROOT / "corpora" / "examples"), "--store", str(tmp_path / "f.db"),
+                                    "--out", str(tmp_path / "out"), "--period", "month", "-q"])
+    assert res.exit_code == 3, res.output  # the example has quarantined rows
+    jm = _json.loads((tmp_path / "out" / "month" / "journey_map.json").read_text())
+    themes = [t for s in jm["stages"] for t in s["themes"]]
+    with_trend = [t for t in themes if t.get("trend")]
+    assert with_trend, "no theme trend in the period map"
+    for t in with_trend:
+        assert t["trend"]["previous_units"] > 0
+        assert abs(t["share"] - t["trend"]["previous_share"] - t["trend"]["change"]) < 1e-3
