@@ -21,7 +21,7 @@ from feedback_nlp.errors import FeedbackError
 from feedback_nlp.records import SENTIMENTS, UNASSIGNED
 
 if TYPE_CHECKING:
-    from feedback_nlp.zeroshot import StagePrototypes
+    from feedback_nlp.zeroshot import StagePrototypes, TouchpointPrototypes
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -264,7 +264,8 @@ class Model:
 
 def classify_chunk(units: pd.DataFrame, embeddings: np.ndarray, model: Model, *, stage_ids: list[str],
                    stage_min_confidence: float, touchpoint_min_probability: float,
-                   prototypes: "StagePrototypes | None" = None) -> pd.DataFrame:
+                   prototypes: "StagePrototypes | None" = None,
+                   touchpoint_prototypes: "TouchpointPrototypes | None" = None) -> pd.DataFrame:
     """UNIT chunk + its embeddings -> the chunk with predictions and probabilities.
 
     With `prototypes` holding zero-shot stages, stage probabilities cover every stage of the map
@@ -301,12 +302,16 @@ def classify_chunk(units: pd.DataFrame, embeddings: np.ndarray, model: Model, *,
                                 dtype="string")
     out["sentiment_score"] = out["p_positive"] - out["p_negative"]
 
+    labels = np.zeros(0, dtype=object)
+    hits = np.zeros((n, 0), dtype=bool)
     if model.touchpoints is not None and n and len(model.touchpoints.labels_):
-        p_tp = model.touchpoints.predict_proba(embeddings)
-        labels = model.touchpoints.labels_
-        hits = p_tp >= touchpoint_min_probability
-        out["touchpoints"] = pd.array([";".join(labels[row]) for row in hits], dtype="string")
-    else:
-        out["touchpoints"] = pd.array([""] * n, dtype="string")
+        labels = np.asarray(model.touchpoints.labels_, dtype=object)
+        hits = model.touchpoints.predict_proba(embeddings) >= touchpoint_min_probability
+    if touchpoint_prototypes is not None and n:
+        from feedback_nlp.zeroshot import touchpoint_mentions
+
+        labels = np.concatenate([labels, np.asarray(touchpoint_prototypes.ids, dtype=object)])
+        hits = np.hstack([hits, touchpoint_mentions(raw, touchpoint_prototypes)])
+    out["touchpoints"] = pd.array([";".join(labels[row]) for row in hits] if n else [], dtype="string")
     out["model_id"] = model.model_id
     return out

@@ -515,6 +515,13 @@ def evaluate(model_path: str, data: tuple[str, ...], json_out: str | None, confi
         click.echo("  confusion (rows true, columns predicted): " + " ".join(lb[:5] for lb in labels))
         for lb, row in zip(labels, m["confusion"]["matrix"]):
             click.echo(f"  {lb[:12]:<12} " + " ".join(f"{x:>5}" for x in row))
+    tp = metrics.get("touchpoints")
+    if tp and "micro_f1" in tp:
+        click.echo(f"touchpoints: micro-F1 {tp['micro_f1']:.3f} macro-F1 {tp['macro_f1']:.3f}")
+        click.echo("  touchpoint          precision recall support")
+        for label, v in tp["per_label"].items():
+            if v["support"]:
+                click.echo(f"  {label:<19} {v['precision']:.3f}     {v['recall']:.3f}  {v['support']}")
     if json_out:
         Path(json_out).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 

@@ -290,6 +290,7 @@ class Settings:
     stage_min_confidence: float = 0.45
     touchpoint_min_probability: float = 0.5
     zero_shot_temperature: float = 0.05
+    touchpoint_zero_shot_min_cosine: float = 0.2
     prior_strength: float = 30.0
     interval_level: float = 0.95
     min_cell_units: int = 5

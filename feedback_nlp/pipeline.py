@@ -33,7 +33,8 @@ from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarant
 from feedback_nlp.records import QUARANTINED
 from feedback_nlp.effort import effort_chunk
 from feedback_nlp.segment import segment_chunk
-from feedback_nlp.zeroshot import StagePrototypes, build_prototypes
+from feedback_nlp.zeroshot import (StagePrototypes, TouchpointPrototypes, build_prototypes,
+                                   build_touchpoint_prototypes)
 
 
 class EmbedderLike:  # the interface process_chunk needs (embed.Embedder or a test double)
@@ -45,6 +46,7 @@ class EmbedderLike:  # the interface process_chunk needs (embed.Embedder or a te
 
 def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMap, model: Model,
                   embedder: EmbedderLike, prototypes: StagePrototypes | None = None,
+                  touchpoint_prototypes: TouchpointPrototypes | None = None,
                   progress: Callable[[int], None] | None = None,
                   on_units: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Items (raw text) -> (classified units, their embeddings, quarantine rows for items with
@@ -68,7 +70,7 @@ def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMa
     units = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
                            stage_min_confidence=settings.stage_min_confidence,
                            touchpoint_min_probability=settings.touchpoint_min_probability,
-                           prototypes=prototypes)
+                           prototypes=prototypes, touchpoint_prototypes=touchpoint_prototypes)
     units = effort_chunk(units)
     return units, emb, q
 
@@ -156,6 +158,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     files = discover(inputs)
     model.check_embedder(embedder.id)
     prototypes = stage_prototypes(journey, model, embedder, settings)
+    tp_prototypes = touchpoint_prototypes_for(journey, model, embedder, settings)
     acc = Accumulator(settings)
     acc.counts.files = len(files)
     out = Outputs(Path(out_dir), write_csv)
@@ -172,6 +175,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
                 items, dup_q = drop_duplicate_ids(mapped.items, seen)
                 units, emb, empty_q = process_chunk(
                     items, settings=settings, journey=journey, model=model, embedder=embedder, prototypes=prototypes,
+                    touchpoint_prototypes=tp_prototypes,
                     progress=bar.update, on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n),
                 )
                 q = pd.concat([df for df in (quarantine_frame(bad), mapped.quarantine, dup_q, empty_q) if len(df)]
@@ -196,6 +200,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
             "embedder_id": embedder.id,
             "journey_map": journey.path,
             "zero_shot_stages": list(prototypes.zero_shot) if prototypes else [],
+            "zero_shot_touchpoints": list(tp_prototypes.ids) if tp_prototypes else [],
             "settings": settings.to_dict(),
             "counts": agg.counts.__dict__,
         }
@@ -215,6 +220,14 @@ def stage_prototypes(journey: JourneyMap, model: Model, embedder: EmbedderLike,
         return None
     return build_prototypes(journey, lambda texts: embedder.encode(texts), list(model.stage.classes_),
                             settings.zero_shot_temperature)
+
+
+def touchpoint_prototypes_for(journey: JourneyMap, model: Model, embedder: EmbedderLike,
+                              settings: Settings) -> TouchpointPrototypes | None:
+    """Prototypes for the map's touchpoints the touchpoint head has no label for (else None)."""
+    trained = list(model.touchpoints.labels_) if model.touchpoints is not None else []
+    return build_touchpoint_prototypes(journey, lambda texts: embedder.encode(texts), trained,
+                                       settings.touchpoint_zero_shot_min_cosine)
 
 
 def write_outputs(out: "Outputs", journey: JourneyMap, agg: Aggregates, run: dict[str, Any], *,

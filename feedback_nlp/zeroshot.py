@@ -87,3 +87,35 @@ def combine(p_head: np.ndarray, head_classes: list[str], p_proto: np.ndarray,
     for s in protos.zero_shot:
         out[:, ids.index(s)] = p_proto[:, ids.index(s)]
     return out
+
+
+@dataclass(frozen=True)
+class TouchpointPrototypes:
+    """Touchpoints of the map that the touchpoint head has no trained label for."""
+
+    ids: tuple[str, ...]
+    vectors: np.ndarray          # (n, dim), unit norm
+    min_cosine: float
+
+
+def build_touchpoint_prototypes(journey: JourneyMap, encode: Callable[[list[str]], np.ndarray],
+                                trained_labels: list[str], min_cosine: float) -> TouchpointPrototypes | None:
+    """Prototypes (name, description, examples) for untrained touchpoints; None if all are trained."""
+    todo = [t for t in journey.touchpoints if t.id not in set(trained_labels)]
+    if not todo:
+        return None
+    vectors = []
+    for t in todo:
+        emb = np.asarray(encode([t.name, *([t.description] if t.description else []), *t.examples]), dtype=np.float64)
+        v = emb.mean(axis=0)
+        vectors.append(v / (np.linalg.norm(v) or 1.0))
+    return TouchpointPrototypes(tuple(t.id for t in todo), np.vstack(vectors), min_cosine)
+
+
+def touchpoint_mentions(embeddings: np.ndarray, protos: TouchpointPrototypes) -> np.ndarray:
+    """Boolean (n_units, n_touchpoints): cosine to the touchpoint's prototype >= min_cosine.
+
+    Multi-label, so no softmax: a unit may mention none or several. The threshold is a setting
+    measured on labelled data (docs/accuracy.md); cosines are not comparable across embedders.
+    """
+    return (np.asarray(embeddings, dtype=np.float64) @ protos.vectors.T) >= protos.min_cosine

@@ -139,3 +139,15 @@ def test_cli_run_example_reads_effort_and_touchpoints_from_the_text(example_run)
         assert col in units.columns
     waits = units[units["wait_minutes"].notna()]
     assert len(waits) and waits["wait_span"].notna().all()
+
+
+def test_cli_evaluate_reports_per_language_per_class_and_touchpoints(tmp_path):
+    data = ROOT / "corpora" / "effort_test" / "pt.jsonl"
+    res = invoke("evaluate", ROOT / "models" / "CURRENT", data, "--json", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    assert "stage: n=94" in res.output and "  pt: n=94" in res.output
+    assert "confusion (rows true, columns predicted)" in res.output
+    assert "touchpoints: micro-F1" in res.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert set(m) == {"stage", "sentiment", "touchpoints"}
+    assert 0 <= m["stage"]["macro_f1"] <= 1 and m["stage"]["calibration"]["bins"]

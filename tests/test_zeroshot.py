@@ -60,3 +60,31 @@ def test_zeroshot_new_stage_is_classified_in_a_run(tmp_path, settings, columns, 
     assert (units.loc[["1", "2", "4"], "stage"] == "moving_house").sum() >= 2
     probs = units[["p_stage_billing", "p_stage_moving_house"]].sum(axis=1)
     assert ((probs - 1).abs() < 1e-9).all()
+
+
+TP_MAP = """
+id: tiny
+name: Tiny
+touchpoints:
+  - {id: invoice, name: Invoice}
+  - id: wifi_extender
+    name: Wi-Fi extender
+    description: the mesh Wi-Fi extender / repeater device sold with the plan
+    examples: ["the wifi extender keeps disconnecting", "il ripetitore wifi non si collega"]
+stages:
+  - {id: billing, name: Billing, description: invoices and charges, touchpoints: [invoice]}
+  - {id: usage, name: Usage, description: using the service, touchpoints: [wifi_extender]}
+"""
+
+
+def test_zeroshot_untrained_touchpoint_is_found_from_its_description(tmp_path, settings, columns, model, embedder):
+    journey = load_journey_map(write(tmp_path / "m.yaml", TP_MAP))
+    dump = write(tmp_path / "in.csv", "id,text\n"
+                 "1,\"Il ripetitore wifi che mi avete venduto si disconnette ogni sera\"\n"
+                 "2,\"La fattura di questo mese ha un addebito doppio\"\n")
+    res = run_batch([dump], journey=journey, settings=settings, columns=columns, model=model, embedder=embedder,
+                    out_dir=tmp_path / "out", quiet=True)
+    assert res.journey_map["run"]["zero_shot_touchpoints"] == ["wifi_extender"]
+    units = pd.read_parquet(tmp_path / "out" / "units.parquet").set_index("item_id")
+    assert "wifi_extender" in units.loc["1", "touchpoints"].split(";")
+    assert "wifi_extender" not in units.loc["2", "touchpoints"].split(";")
