@@ -344,25 +344,37 @@ class Settings:
             raise InputError("E031", f"languages {missing} must also be in detect_languages")
 
     def replace(self, **changes: Any) -> "Settings":
-        changes = {k: v for k, v in changes.items() if v is not None}
-        return dataclasses.replace(self, **changes)
+        return _replace(self, changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def load_settings(path: str | Path | None = None) -> Settings:
-    p = resolve(path or "configs/run.yaml")
+def _load_settings_file(cls: type, path: str | Path | None, default: str, what: str,
+                        tuples: tuple[str, ...] = ()) -> Any:
+    """A settings YAML -> `cls`: unknown keys and wrong types are errors naming the file."""
+    p = resolve(path or default)
     raw = _read_yaml(p) or {}
-    allowed = {f.name for f in fields(Settings)}
-    _check_keys(p, "run settings", raw, allowed)
-    for key in ("languages", "detect_languages"):
+    if not isinstance(raw, dict):
+        raise InputError("E032", f"{p}: {what} are a YAML mapping of setting -> value")
+    _check_keys(p, what, raw, {f.name for f in fields(cls)})
+    for key in tuples:
         if key in raw:
             raw[key] = tuple(raw[key])
     try:
-        return Settings(**raw)
+        return cls(**raw)
     except TypeError as e:
         raise InputError("E032", f"{p}: {e}") from e
+
+
+def _replace(obj: Any, changes: dict[str, Any]) -> Any:
+    """CLI overrides: options left at None keep the file's value."""
+    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    return _load_settings_file(Settings, path, "configs/run.yaml", "run settings",
+                               tuples=("languages", "detect_languages"))
 
 
 @dataclass(frozen=True)
@@ -385,11 +397,8 @@ class TrainSettings:
             raise InputError("E033", f"training settings out of range: {self}")
 
     def replace(self, **changes: Any) -> "TrainSettings":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return _replace(self, changes)
 
 
 def load_train_settings(path: str | Path | None = None) -> TrainSettings:
-    p = resolve(path or "configs/train.yaml")
-    raw = _read_yaml(p) or {}
-    _check_keys(p, "training settings", raw, {f.name for f in fields(TrainSettings)})
-    return TrainSettings(**raw)
+    return _load_settings_file(TrainSettings, path, "configs/train.yaml", "training settings")
