@@ -61,3 +61,48 @@ def test_clean_has_content():
     assert has_content("ok")
     assert not has_content(" [EMAIL] ... ")
     assert not has_content("")
+
+
+def _phones_by_full_matcher(text: str) -> list[tuple[int, int]]:
+    """The reference the windowed search must equal: phonenumbers over the whole text."""
+    import phonenumbers
+
+    from feedback_nlp.clean import PHONE_REGIONS
+
+    return sorted({(m.start, m.end) for r in PHONE_REGIONS
+                   for m in phonenumbers.PhoneNumberMatcher(text, r, leniency=phonenumbers.Leniency.VALID)})
+
+
+@pytest.mark.parametrize("text", [
+    "x" * 300 + " chiamate il +39 02 1234 5678 " + "y" * 300,
+    "ordine 123456789012 tel 0212345678 del 12/03/2026, rif. 2026-41790 e 345 6789012",
+    "pratica 98765 43210 98765 43210 987 (020) 7946 0018 ext. 12 grazie",
+    "Rückruf unter 030 12345678 oder 0170-1234567; Kundennr. 4711 0815 2342",
+    "preços 1.234,56 € e 2.345,67 €, pedido nº 55512345, ligue (21) 99876-5432",
+    "numbers 07700 900123 07700 900124 07700 900125 in a row",
+])
+def test_windowed_phone_search_finds_what_the_whole_text_matcher_finds(text):
+    from feedback_nlp.clean import PHONE, _redact_phones
+
+    expected = _phones_by_full_matcher(text)
+    out = _redact_phones(text)
+    assert out.count(PHONE) >= 1 or not expected
+    # every number the full matcher finds is gone, and nothing outside them was touched
+    rebuilt, last = [], 0
+    for start, end in expected:
+        if start < last:
+            continue
+        rebuilt += [text[last:start], PHONE]
+        last = end
+    rebuilt.append(text[last:])
+    assert out == "".join(rebuilt) or expected == []
+
+
+def test_texts_without_long_digit_runs_skip_the_phone_matcher(monkeypatch):
+    import phonenumbers
+
+    calls = []
+    monkeypatch.setattr(phonenumbers, "PhoneNumberMatcher", lambda *a, **k: calls.append(a) or iter(()))
+    assert redact("ordine 4172 del 12 marzo, pagato 19,99 euro alle 10:30, 3 volte") == \
+        "ordine 4172 del 12 marzo, pagato 19,99 euro alle 10:30, 3 volte"
+    assert calls == []
