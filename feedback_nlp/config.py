@@ -285,6 +285,7 @@ class Settings:
     languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
     detect_languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
     language_min_confidence: float = 0.5
+    language_max_chars: int = 300
     split_min_chars: int = 100
     min_unit_words: int = 4
     stage_min_confidence: float = 0.45
@@ -318,6 +319,7 @@ class Settings:
             ("chunk_size", self.chunk_size >= 1),
             ("max_text_chars", self.max_text_chars >= 1),
             ("language_min_confidence", 0 <= self.language_min_confidence <= 1),
+            ("language_max_chars", self.language_max_chars >= 0),
             ("stage_min_confidence", 0 <= self.stage_min_confidence <= 1),
             ("touchpoint_min_probability", 0 < self.touchpoint_min_probability <= 1),
             ("zero_shot_temperature", self.zero_shot_temperature > 0),

@@ -32,3 +32,20 @@ def test_language_keeps_a_supported_language_given_by_the_input(settings):
     out = language_chunk(items, detect_languages=settings.detect_languages, supported=settings.languages,
                          min_confidence=settings.language_min_confidence)
     assert out["lang"].tolist() == ["it", "es"]
+
+
+def test_language_head_cuts_at_a_space_within_the_limit():
+    from feedback_nlp.language import head
+
+    assert head("uno due tre quattro", 9) == "uno due"
+    assert head("uno due", 300) == "uno due"
+    assert head("unoduetrequattro", 5) == "unodu"
+    assert head("uno due tre", 0) == "uno due tre"
+
+
+def test_language_is_judged_by_the_head_of_a_long_text(settings):
+    text = SAMPLES["it"] + ". " + " ".join([SAMPLES["en"]] * 12)
+    kwargs = dict(detect_languages=settings.detect_languages, supported=settings.languages,
+                  min_confidence=settings.language_min_confidence)
+    assert detect([text], **kwargs, max_chars=len(SAMPLES["it"]) + 2) == ["it"]
+    assert detect([text], **kwargs, max_chars=0) == ["en"]
