@@ -98,6 +98,7 @@ from feedback_nlp.records import Schema
 UNIT_MINUTES = {"second": 1 / 60, "minute": 1.0, "hour": 60.0, "day": 1440.0, "week": 10080.0,
                 "month": 43200.0, "year": 525600.0}
 LABELS = ("duration", "not_wait", "repeat", "not_repeat", "transfer", "not_transfer", "unresolved", "not_unresolved")
+VETO = {"duration": "not_wait", "repeat": "not_repeat", "transfer": "not_transfer", "unresolved": "not_unresolved"}
 BUILTIN_CLASSES = ("number", "fraction", "unit", "compact", "ordinal", "count")
 RULE_KEYS = {"language", "numbers", "fractions", "number_prefixes", "number_joiners", "vague_numbers", "ordinals",
              "ordinal_suffixes", "counts", "count_suffixes", "units", "classes", "patterns"}
@@ -298,40 +299,46 @@ class Rules:
         # Every new lexeme's NORM is its folded text (tokenizer exceptions such as English "n't"
         # -> "not" still set their own norm): no per-token work when a doc is made.
         self.nlp.vocab.lex_attr_getters[NORM] = fold
-        self.matcher = Matcher(self.nlp.vocab, validate=True)
+        # One Matcher per label and set of required words: it runs only on docs holding those
+        # words, and a veto's Matcher only where its label matched (most units state no effort,
+        # and a Matcher's cost grows with the patterns it tries).
         patterns = data.get("patterns") or {}
         bad = set(patterns) - set(LABELS)
         if bad:
             raise FeedbackError("E1101", f"{path}: field 'patterns': unknown label(s) {sorted(bad)}; "
                                          f"expected {list(LABELS)}")
-        needs: list[list[tuple[str, Any]]] = []  # per signal pattern: its required NORM specs
+        groups: dict[tuple[str, frozenset], list[list[dict]]] = {}
+        spec_ids: dict[tuple[str, Any], int] = {}
         for label in LABELS:
-            compiled = []
             for i, pat in enumerate(patterns.get(label) or []):
                 where = f"{path}: patterns.{label}[{i}]"
                 if not isinstance(pat, list) or not pat:
                     raise FeedbackError("E1102", f"{where}: a pattern is a non-empty list of tokens")
-                compiled.append([_token(t, classes, where) for t in pat])
+                compiled = [_token(t, classes, where) for t in pat]
+                need: frozenset = frozenset()
                 if not label.startswith("not_"):
-                    needs.append(_required(compiled[-1]))
-            if compiled:
-                try:
-                    self.matcher.add(label, compiled)
-                except Exception as e:  # spaCy's pattern validation
-                    raise FeedbackError("E1102", f"{path}: patterns.{label}: {e}") from e
-        # For `may_match`: each distinct spec gets an id; words map to the ids of the word sets
-        # holding them; a pattern needs the set of its spec ids.
-        ids: dict[tuple[str, Any], int] = {}
-        for pattern_needs in needs:
-            for spec in pattern_needs:
-                ids.setdefault(spec, len(ids))
+                    need = frozenset(spec_ids.setdefault(spec, len(spec_ids)) for spec in _required(compiled))
+                groups.setdefault((label, need), []).append(compiled)
+        self._groups: list[tuple[str, frozenset, Matcher]] = []
+        self.vetoes: dict[str, Matcher] = {}
+        for (label, need), compiled_patterns in groups.items():
+            matcher = Matcher(self.nlp.vocab, validate=True)
+            try:
+                matcher.add(label, compiled_patterns)
+            except Exception as e:  # spaCy's pattern validation
+                raise FeedbackError("E1102", f"{path}: patterns.{label}: {e}") from e
+            if label.startswith("not_"):
+                self.vetoes[label] = matcher
+            else:
+                self._groups.append((label, need, matcher))
+        # For `candidate_groups`: words map to the ids of the word sets holding them.
         self._word_specs: dict[str, list[int]] = {}
-        for (kind, value), i in ids.items():
+        for (kind, value), i in spec_ids.items():
             if kind == "IN":
                 for w in value:
                     self._word_specs.setdefault(w, []).append(i)
-        self._regex_specs = [(i, value) for (kind, value), i in ids.items() if kind == "REGEX"]
-        self._needs = list({frozenset(ids[spec] for spec in p) for p in needs})
+        self._regex_specs = [(i, value) for (kind, value), i in spec_ids.items() if kind == "REGEX"]
+        self._norm_specs: dict[int, tuple[int, ...]] = {}  # NORM hash -> spec ids it satisfies
 
     # -- documents -------------------------------------------------------------------------
 
@@ -339,27 +346,38 @@ class Rules:
         """Tokenised docs whose tokens carry folded NORMs."""
         return self.nlp.tokenizer.pipe(texts, batch_size=256)
 
-    def may_match(self, doc) -> bool:
-        """Whether every required word of some signal pattern occurs in the doc. Most units
-        state no effort at all and the Matcher is the costly part, so it runs only on these."""
+    def _specs_of(self, norm_hash: int) -> tuple[int, ...]:
+        specs = self._norm_specs.get(norm_hash)
+        if specs is None:
+            norm = self.nlp.vocab.strings[norm_hash]
+            specs = tuple(self._word_specs.get(norm, ())) + tuple(i for i, rx in self._regex_specs if rx.search(norm))
+            self._norm_specs[norm_hash] = specs
+        return specs
+
+    def candidate_groups(self, doc) -> list[tuple[str, Any]]:
+        """(label, Matcher) of the pattern groups whose required words all occur in the doc: a
+        necessary condition for a match, so the other Matchers are skipped."""
         from spacy.attrs import NORM
 
-        strings = self.nlp.vocab.strings
-        norms = [strings[int(h)] for h in set(doc.to_array(NORM).tolist())]
         present: set[int] = set()
-        for n in norms:
-            present.update(self._word_specs.get(n, ()))
-        for i, rx in self._regex_specs:
-            if any(rx.search(n) for n in norms):
-                present.add(i)
-        return any(needs <= present for needs in self._needs)
+        for h in set(doc.to_array(NORM).tolist()):
+            present.update(self._specs_of(int(h)))
+        return [(label, matcher) for label, need, matcher in self._groups if need <= present]
+
+    def may_match(self, doc) -> bool:
+        return bool(self.candidate_groups(doc))
 
     def extract_doc(self, doc) -> EffortSignals:
         from spacy.util import filter_spans
 
         found: dict[str, list] = {label: [] for label in LABELS}
-        for match_id, start, end in (self.matcher(doc) if self.may_match(doc) else []):
-            found[self.nlp.vocab.strings[match_id]].append(doc[start:end])
+        for label, matcher in self.candidate_groups(doc):
+            found[label] += [doc[start:end] for _, start, end in matcher(doc)]
+        if not any(found.values()):
+            return EffortSignals(self.lang)
+        for label, veto in VETO.items():
+            if found[label] and veto in self.vetoes:
+                found[veto] = [doc[start:end] for _, start, end in self.vetoes[veto](doc)]
         out = EffortSignals(self.lang)
         blocked = [(s.start, s.end) for s in found["not_wait"]]
         for span in filter_spans(found["duration"]):
@@ -688,8 +706,14 @@ def effort_chunk(units: pd.DataFrame, *, weights: ScoreWeights | None = None) ->
             continue
         for i, doc in zip(idx, rules.docs([texts[i] for i in idx])):
             signals[i] = rules.extract_doc(doc)
+    none = effort_score(None, False, None, False, False, w)
+    cols["wait_minutes"] = [np.nan] * n
+    cols["repeat_contact"] = cols["transfer"] = cols["unresolved"] = [False] * n
+    cols["effort_score"] = [none] * n
+    cols = {c: list(v) for c, v in cols.items()}  # one list per column (the defaults above share some)
     for i, s in enumerate(signals):
-        s = s or EffortSignals(langs[i])
+        if s is None or not (s.durations or s.repeats or s.transfers or s.unresolved):
+            continue  # most units: the defaults
         wait = s.longest_wait
         rep = max(s.repeats, key=lambda r: -1 if r.count is None else r.count, default=None)
         cols["wait_minutes"][i] = wait.minutes if wait else np.nan
