@@ -54,17 +54,28 @@ def split_text(text: str, lang: str, *, split_min_chars: int, min_unit_words: in
 
 def segment_chunk(items: pd.DataFrame, *, split_min_chars: int, min_unit_words: int) -> pd.DataFrame:
     """ITEM chunk -> UNIT chunk (plus the item context columns units carry into outputs)."""
-    rows = []
-    for item in items.itertuples(index=False):
-        text = str(item.text)
-        for idx, (start, end) in enumerate(
-            split_text(text, str(item.lang), split_min_chars=split_min_chars, min_unit_words=min_unit_words)
-        ):
+    import numpy as np
+
+    pos: list[int] = []
+    cols: dict[str, list] = {"unit_idx": [], "text": [], "start": [], "end": []}
+    for i, (text, lang) in enumerate(zip(items["text"].astype(str).tolist(), items["lang"].astype(str).tolist())):
+        idx = 0
+        for start, end in split_text(text, lang, split_min_chars=split_min_chars, min_unit_words=min_unit_words):
             unit = text[start:end].strip()
             if not unit:
                 continue
-            rows.append((item.item_id, idx, unit, item.lang, start, end))
-    units = pd.DataFrame(rows, columns=list(UNIT.columns))
+            pos.append(i)
+            cols["unit_idx"].append(idx)
+            cols["text"].append(unit)
+            cols["start"].append(start)
+            cols["end"].append(end)
+            idx += 1
+    # The item's columns repeated by position: what a merge on item_id gives, without the join.
+    take = np.asarray(pos, dtype=np.int64)
+    context = items[["item_id", "lang", *ITEM_CONTEXT]].iloc[take].reset_index(drop=True)
+    units = pd.DataFrame({"item_id": context["item_id"], "unit_idx": cols["unit_idx"], "text": cols["text"],
+                          "lang": context["lang"], "start": cols["start"], "end": cols["end"]})
     units = UNIT.conform(units)
-    context = items[["item_id", *ITEM_CONTEXT]]
-    return units.merge(context, on="item_id", how="left", validate="many_to_one")
+    for c in ITEM_CONTEXT:
+        units[c] = context[c]
+    return units
