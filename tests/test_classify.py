@@ -91,3 +91,23 @@ def test_classify_model_refuses_another_embedder_and_missing_stages():
         model.check_embedder("use-m3.v1@0.2.1")
     with pytest.raises(FeedbackError, match=r"\[E301\].*\['zz'\]"):
         model.check_stages(["a", "zz"])
+
+
+def test_classify_folded_heads_give_the_probabilities_of_the_heads_on_features():
+    """Model.probabilities folds the heads through the kernel map's normalisation; the result
+    must be the heads applied to `featurize` (to float32 rounding), for binary and multi-class
+    heads and the touchpoint head."""
+    X, y = _blobs(n=90)
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    fm = KernelMap(n_components=40, random_state=0).fit(X)
+    F = fm.transform(X)
+    stage = LinearHead().fit(F, y)
+    sentiment = LinearHead().fit(F, np.where(y == "a", "negative", "positive"))  # a binary head
+    Y = np.column_stack([y == "a", y != "c"]).astype(int)
+    touch = MultiLabelHead(min_positive=1).fit(F, Y, labels=["phone", "email"])
+    model = Model(model_id="m", embedder_id="e", stage=stage, sentiment=sentiment, touchpoints=touch, features=fm)
+    ps, pn, pt = model.probabilities(X)
+    np.testing.assert_allclose(ps, stage.predict_proba(F), atol=1e-5)
+    np.testing.assert_allclose(pn, sentiment.predict_proba(F), atol=1e-5)
+    np.testing.assert_allclose(pt, touch.predict_proba(F), atol=1e-5)
+    np.testing.assert_allclose(fm.kernel(X) @ fm.normalization_.T, F, atol=1e-5)
