@@ -286,6 +286,7 @@ class Settings:
     detect_languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
     language_min_confidence: float = 0.5
     language_max_chars: int = 300
+    language_low_accuracy_min_chars: int = 100
     split_min_chars: int = 100
     min_unit_words: int = 4
     stage_min_confidence: float = 0.45
@@ -320,6 +321,7 @@ class Settings:
             ("max_text_chars", self.max_text_chars >= 1),
             ("language_min_confidence", 0 <= self.language_min_confidence <= 1),
             ("language_max_chars", self.language_max_chars >= 0),
+            ("language_low_accuracy_min_chars", self.language_low_accuracy_min_chars >= 0),
             ("stage_min_confidence", 0 <= self.stage_min_confidence <= 1),
             ("touchpoint_min_probability", 0 < self.touchpoint_min_probability <= 1),
             ("zero_shot_temperature", self.zero_shot_temperature > 0),
@@ -353,8 +355,12 @@ class Settings:
 
 
 def _load_settings_file(cls: type, path: str | Path | None, default: str, what: str,
-                        tuples: tuple[str, ...] = ()) -> Any:
-    """A settings YAML -> `cls`: unknown keys and wrong types are errors naming the file."""
+                        tuples: tuple[str, ...] = (), nested: Mapping[str, type] | None = None) -> Any:
+    """A settings YAML -> `cls`: unknown keys and wrong types are errors naming the file.
+
+    `nested` maps a key to the dataclass its block (a YAML mapping) is read into, with the
+    same checks.
+    """
     p = resolve(path or default)
     raw = _read_yaml(p) or {}
     if not isinstance(raw, dict):
@@ -364,6 +370,17 @@ def _load_settings_file(cls: type, path: str | Path | None, default: str, what: 
         if key in raw:
             raw[key] = tuple(raw[key])
     try:
+        for key, sub in (nested or {}).items():
+            if key not in raw:
+                continue
+            block = raw[key] if raw[key] is not None else {}
+            if not isinstance(block, dict):
+                raise InputError("E032", f"{p}: `{key}:` is a YAML mapping of setting -> value, got {block!r}")
+            _check_keys(p, f"{what} `{key}:`", block, {f.name for f in fields(sub)})
+            try:
+                raw[key] = sub(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})
+            except InputError as e:  # out of range: say which file
+                raise InputError(e.code, f"{p}: {str(e).split('] ', 1)[-1]}") from e
         return cls(**raw)
     except TypeError as e:
         raise InputError("E032", f"{p}: {e}") from e
@@ -377,6 +394,64 @@ def _replace(obj: Any, changes: dict[str, Any]) -> Any:
 def load_settings(path: str | Path | None = None) -> Settings:
     return _load_settings_file(Settings, path, "configs/run.yaml", "run settings",
                                tuples=("languages", "detect_languages"))
+
+
+FINE_TUNE_MODES = ("auto", "adapter", "encoder")
+FINE_TUNE_LABELS = ("stage", "sentiment")
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """`train --fine-tune` settings (the `fine_tune:` block of configs/train.yaml).
+
+    `mode: auto` fine-tunes the encoder when the embedder is a sentence-transformers folder and
+    trains a contrastive adapter on the frozen embeddings otherwise (use-m3 and its tiers are
+    not trainable). Wrong types raise TypeError, which the loader reports naming the file.
+    """
+
+    mode: str = "auto"
+    labels: tuple[str, ...] = FINE_TUNE_LABELS
+    adapter_hidden: int = 256
+    adapter_epochs: int = 10
+    adapter_lr: float = 1e-4
+    adapter_pairs_per_unit: int = 10
+    adapter_batch_size: int = 512
+    adapter_weight_decay: float = 0.0
+    encoder_epochs: int = 1
+    encoder_pairs_per_unit: int = 4
+    encoder_batch_size: int = 16
+    encoder_lr: float = 2e-5
+    encoder_warmup: float = 0.1
+    encoder_max_seq_length: int = 128
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+                raise TypeError(f"fine_tune.{f.name} must be an integer, got {v!r}")
+            if f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise TypeError(f"fine_tune.{f.name} must be a number, got {v!r}")
+        if not isinstance(self.labels, tuple) or not all(isinstance(x, str) for x in self.labels):
+            raise TypeError(f"fine_tune.labels must be a list of label names, got {self.labels!r}")
+        bad = [name for name, ok in [
+            ("mode", self.mode in FINE_TUNE_MODES),
+            ("labels", bool(self.labels) and set(self.labels) <= set(FINE_TUNE_LABELS)),
+            ("adapter_hidden", self.adapter_hidden >= 1),
+            ("adapter_epochs", self.adapter_epochs >= 0),
+            ("adapter_lr", self.adapter_lr > 0),
+            ("adapter_pairs_per_unit", self.adapter_pairs_per_unit >= 2),
+            ("adapter_batch_size", self.adapter_batch_size >= 1),
+            ("adapter_weight_decay", self.adapter_weight_decay >= 0),
+            ("encoder_epochs", self.encoder_epochs >= 0),
+            ("encoder_pairs_per_unit", self.encoder_pairs_per_unit >= 2),
+            ("encoder_batch_size", self.encoder_batch_size >= 1),
+            ("encoder_lr", self.encoder_lr > 0),
+            ("encoder_warmup", 0 <= self.encoder_warmup < 1),
+            ("encoder_max_seq_length", self.encoder_max_seq_length >= 8),
+        ] if not ok]
+        if bad:
+            raise InputError("E034", f"fine_tune setting(s) out of range: {bad} (mode is one of "
+                             f"{list(FINE_TUNE_MODES)}, labels a non-empty subset of {list(FINE_TUNE_LABELS)})")
 
 
 @dataclass(frozen=True)
@@ -393,6 +468,7 @@ class TrainSettings:
     calibration_bins: int = 10
     seed_corpus: str = "corpora/seed"
     promote_tolerance: float = 0.01
+    fine_tune: FineTuneSettings = dataclasses.field(default_factory=FineTuneSettings)
 
     def __post_init__(self) -> None:
         if self.kernel_components < 0 or self.C <= 0 or not 0 < self.test_size < 1 or self.calibration_bins < 2:
@@ -403,4 +479,5 @@ class TrainSettings:
 
 
 def load_train_settings(path: str | Path | None = None) -> TrainSettings:
-    return _load_settings_file(TrainSettings, path, "configs/train.yaml", "training settings")
+    return _load_settings_file(TrainSettings, path, "configs/train.yaml", "training settings",
+                               nested={"fine_tune": FineTuneSettings})

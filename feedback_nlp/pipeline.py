@@ -62,7 +62,8 @@ def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMa
     items = items[~empty]
     items = language_chunk(items, detect_languages=settings.detect_languages, supported=settings.languages,
                            min_confidence=settings.language_min_confidence,
-                           max_chars=settings.language_max_chars)
+                           max_chars=settings.language_max_chars,
+                           low_accuracy_min_chars=settings.language_low_accuracy_min_chars)
     units = segment_chunk(items, split_min_chars=settings.split_min_chars, min_unit_words=settings.min_unit_words)
     if on_units is not None:
         on_units(len(units))

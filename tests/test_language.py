@@ -49,3 +49,19 @@ def test_language_is_judged_by_the_head_of_a_long_text(settings):
                   min_confidence=settings.language_min_confidence)
     assert detect([text], **kwargs, max_chars=len(SAMPLES["it"]) + 2) == ["it"]
     assert detect([text], **kwargs, max_chars=0) == ["en"]
+
+
+def test_language_long_heads_go_to_the_low_accuracy_detector_with_the_same_answers(settings, monkeypatch):
+    import feedback_nlp.language as language
+
+    kwargs = dict(detect_languages=settings.detect_languages, supported=settings.languages,
+                  min_confidence=settings.language_min_confidence)
+    texts = [t + ". " + t for t in SAMPLES.values()] + ["ok"]
+    calls = []
+    real = language._detector
+    monkeypatch.setattr(language, "_detector", lambda codes, low=False: calls.append(low) or real(codes, low))
+    assert detect(texts, **kwargs, low_accuracy_min_chars=100) == [*SAMPLES, "und"]
+    assert sorted(calls) == [False, True]  # "ok" to the full detector, the rest to the low one
+    calls.clear()
+    assert detect(texts, **kwargs, low_accuracy_min_chars=0) == [*SAMPLES, "und"]
+    assert calls == [False]
