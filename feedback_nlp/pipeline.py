@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -44,13 +45,10 @@ class EmbedderLike:  # the interface process_chunk needs (embed.Embedder or a te
                progress: Callable[[int], None] | None = None) -> np.ndarray: ...
 
 
-def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMap, model: Model,
-                  embedder: EmbedderLike, prototypes: StagePrototypes | None = None,
-                  touchpoint_prototypes: TouchpointPrototypes | None = None,
-                  progress: Callable[[int], None] | None = None,
-                  on_units: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """Items (raw text) -> (classified units, their embeddings, quarantine rows for items with
-    nothing left after cleaning)."""
+def prepare_chunk(items: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The text steps: items (raw text) -> (units with effort signals, quarantine rows for items
+    with nothing left after cleaning). Needs no model, so it can run in another process while
+    the embedder works on the previous chunk (`text_workers`)."""
     items = clean_chunk(items)
     empty = ~items["text"].map(has_content)
     q = quarantine_frame([
@@ -65,16 +63,78 @@ def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMa
                            max_chars=settings.language_max_chars,
                            low_accuracy_min_chars=settings.language_low_accuracy_min_chars)
     units = segment_chunk(items, split_min_chars=settings.split_min_chars, min_unit_words=settings.min_unit_words)
-    if on_units is not None:
-        on_units(len(units))
+    return effort_chunk(units), q
+
+
+def embed_and_classify(units: pd.DataFrame, *, settings: Settings, journey: JourneyMap, model: Model,
+                       embedder: EmbedderLike, prototypes: StagePrototypes | None = None,
+                       touchpoint_prototypes: TouchpointPrototypes | None = None,
+                       progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Units -> (units with predictions and probabilities, their embeddings)."""
     emb = embedder.encode(units["text"].astype(str).tolist(), batch_size=settings.embed_batch_size,
                           progress=progress)
     units = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
                            stage_min_confidence=settings.stage_min_confidence,
                            touchpoint_min_probability=settings.touchpoint_min_probability,
                            prototypes=prototypes, touchpoint_prototypes=touchpoint_prototypes)
-    units = effort_chunk(units)
+    return units, emb
+
+
+def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMap, model: Model,
+                  embedder: EmbedderLike, prototypes: StagePrototypes | None = None,
+                  touchpoint_prototypes: TouchpointPrototypes | None = None,
+                  progress: Callable[[int], None] | None = None,
+                  on_units: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Items (raw text) -> (classified units, their embeddings, quarantine rows for items with
+    nothing left after cleaning): `prepare_chunk` then `embed_and_classify`."""
+    units, q = prepare_chunk(items, settings)
+    if on_units is not None:
+        on_units(len(units))
+    units, emb = embed_and_classify(units, settings=settings, journey=journey, model=model, embedder=embedder,
+                                    prototypes=prototypes, touchpoint_prototypes=touchpoint_prototypes,
+                                    progress=progress)
     return units, emb, q
+
+
+class TextWorkers:
+    """`prepare_chunk` for the next chunks in background processes while this one embeds.
+
+    The embedder keeps both cores of a small machine busy only part of the time; the text steps
+    (lingua, spaCy, regular expressions: one core each) fill the gaps. Started on the second
+    chunk, so a small input never pays for starting a process; results come back in order.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.workers = resolve_text_workers(settings.text_workers)
+        self._pool = None
+        self._chunks = 0
+
+    def submit(self, items: pd.DataFrame):
+        """A callable returning prepare_chunk's result for `items`."""
+        self._chunks += 1
+        if self.workers == 0 or self._chunks == 1:
+            result = prepare_chunk(items, self.settings)
+            return lambda: result
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a fork would copy the embedder's threads and locks into the child
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool.submit(prepare_chunk, items, self.settings).result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def resolve_text_workers(setting: int | str) -> int:
+    """`auto`: one background process when the machine has at least two cores, else none."""
+    if setting == "auto":
+        return 1 if (os.cpu_count() or 1) >= 2 else 0
+    return int(setting)
 
 
 @dataclass
@@ -166,8 +226,29 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     out = Outputs(Path(out_dir), write_csv)
     seen: dict[str, str] = {}
     bar = _progress_bar(quiet)
+    workers = TextWorkers(settings)
+    pending: deque = deque()  # (result getter, quarantine rows of the read) per chunk, in order
+    empty_units = None
+
+    def finish_one() -> None:
+        nonlocal empty_units
+        get, read_q = pending.popleft()
+        units, empty_q = get()
+        bar.total = (bar.total or 0) + len(units)
+        units, emb = embed_and_classify(units, settings=settings, journey=journey, model=model, embedder=embedder,
+                                        prototypes=prototypes, touchpoint_prototypes=tp_prototypes,
+                                        progress=bar.update)
+        q = pd.concat([df for df in (*read_q, empty_q) if len(df)] or [QUARANTINED.empty()], ignore_index=True)
+        if len(q):
+            out.quarantine(q)
+            acc.counts.add_quarantine(q)
+        if len(units):
+            out.units(units)
+        elif empty_units is None:
+            empty_units = units
+        acc.add(units, emb)
+
     try:
-        empty_units = None
         for path in files:
             bar.set_description(f"{path.name}")
             for raw, bad in read_raw_chunks(path, settings.chunk_size):
@@ -175,21 +256,12 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
                 mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
                 acc.counts.add_blanked(mapped.blanked)
                 items, dup_q = drop_duplicate_ids(mapped.items, seen)
-                units, emb, empty_q = process_chunk(
-                    items, settings=settings, journey=journey, model=model, embedder=embedder, prototypes=prototypes,
-                    touchpoint_prototypes=tp_prototypes,
-                    progress=bar.update, on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n),
-                )
-                q = pd.concat([df for df in (quarantine_frame(bad), mapped.quarantine, dup_q, empty_q) if len(df)]
-                              or [QUARANTINED.empty()], ignore_index=True)
-                if len(q):
-                    out.quarantine(q)
-                    acc.counts.add_quarantine(q)
-                if len(units):
-                    out.units(units)
-                elif empty_units is None:
-                    empty_units = units
-                acc.add(units, emb)
+                pending.append((workers.submit(items), (quarantine_frame(bad), mapped.quarantine, dup_q)))
+                while len(pending) > workers.workers:  # keep `workers` chunks in preparation
+                    finish_one()
+        while pending:
+            finish_one()
+        workers.close()
         bar.close()
         out.close(empty_units if empty_units is not None else pd.DataFrame())
         agg = acc.finish()
@@ -209,6 +281,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
         jm = write_outputs(out, journey, agg, run)
         out.commit()
     except BaseException:
+        workers.close()
         bar.close()
         out.abort()
         raise
