@@ -15,11 +15,15 @@ import pandas as pd
 
 from feedback_nlp.config import Settings
 from feedback_nlp.drivers import combine_drivers, driver_partial
-from feedback_nlp.effort import combine_effort, effort_partial
+from feedback_nlp.effort import EFFORT, combine_effort, effort_partial
 from feedback_nlp.records import UNASSIGNED
 from feedback_nlp.score import combine, partial_aggregate, score_table, top_quotes, touchpoint_partial
 
 TP_KEYS = ["touchpoint", "stage"]
+# What the touchpoint quotes and the effort sums read (a unit chunk has forty more columns).
+QUOTE_COLS = ["stage", "item_id", "unit_idx", "text", "lang", "channel", "segment", "source", "sentiment",
+              "stage_confidence", "p_negative", "touchpoints"]
+EFFORT_COLS = ["stage", "item_id", "text", "lang", "touchpoints", "resolution_hours", "fcr", *EFFORT.columns]
 
 
 @dataclass
@@ -91,12 +95,13 @@ class Accumulator:
         self._drivers = combine_drivers([self._drivers, driver_partial(
             units, csat_satisfied_min=self.settings.csat_satisfied_min)])
         if "touchpoints" in units.columns:
-            mentions = units[units["touchpoints"].fillna("").astype(str) != ""]
+            quote_cols = [c for c in QUOTE_COLS if c in units.columns]
+            mentions = units.loc[units["touchpoints"].fillna("").astype(str) != "", quote_cols]
             if len(mentions):
                 by_tp = mentions.assign(stage=mentions["touchpoints"].astype(str).str.split(";")).explode("stage")
                 self._tp_quotes = top_quotes(by_tp, self.settings.quotes_per_stage, self._tp_quotes)
         if "text" in units.columns:  # effort_partial reads the signals from the text when not yet there
-            assigned = units[units["stage"] != UNASSIGNED]
+            assigned = units.loc[units["stage"] != UNASSIGNED, [c for c in EFFORT_COLS if c in units.columns]]
             self._effort = combine_effort([self._effort, effort_partial(assigned, ("stage",))], ["stage"])
         if embeddings is not None:
             self._sample_negative(units, embeddings)

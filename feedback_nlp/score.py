@@ -34,8 +34,12 @@ SUMS = ["units", "items", "weight", "neg", "neu", "pos", "nps_sum", "nps_n", "de
 NA_KEY = "(none)"
 
 
+_KEYED_COLS = ["item_id", "stage_confidence", "p_negative", "p_neutral", "p_positive", "nps", "csat", "touchpoints"]
+
+
 def _keyed(units: pd.DataFrame) -> pd.DataFrame:
-    df = units.copy()
+    # only the columns sums are made of: a unit chunk carries text and forty more
+    df = units[[c for c in (*KEYS, *_KEYED_COLS) if c in units.columns]].copy()
     for k in KEYS:
         df[k] = df[k].astype("string").fillna(NA_KEY).astype(object)
     w = df["stage_confidence"].astype(float)
@@ -79,10 +83,10 @@ def touchpoint_partial(units: pd.DataFrame) -> pd.DataFrame:
     cols = ["touchpoint", "stage", *SUMS]
     if units.empty:
         return pd.DataFrame(columns=cols)
-    df = _keyed(units)
-    df = df[df["touchpoints"].fillna("").astype(str) != ""].copy()
+    df = units[units["touchpoints"].fillna("").astype(str) != ""]
     if df.empty:
         return pd.DataFrame(columns=cols)
+    df = _keyed(df)
     df["touchpoint"] = df["touchpoints"].astype(str).str.split(";")
     df = df.explode("touchpoint")
     keys = ["touchpoint", "stage"]
@@ -181,9 +185,9 @@ def top_quotes(units: pd.DataFrame, n: int, existing: pd.DataFrame | None = None
     if units.empty:
         cand = pd.DataFrame(columns=cols)
     else:
-        cand = units[(units["sentiment"] == "negative") & (units["stage"] != UNASSIGNED)].copy()
-        cand["strength"] = cand["stage_confidence"] * cand["p_negative"]
-        cand = cand[cols]
+        mask = (units["sentiment"] == "negative") & (units["stage"] != UNASSIGNED)
+        cand = units.loc[mask, [c for c in cols if c != "strength"] + ["stage_confidence"]]
+        cand = cand.assign(strength=cand["stage_confidence"] * cand["p_negative"])[cols]
     if existing is not None and not existing.empty:
         cand = pd.concat([existing, cand], ignore_index=True) if not cand.empty else existing
     if cand.empty:
