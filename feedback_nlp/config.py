@@ -281,7 +281,7 @@ class Settings:
     gpu_batch_size: int = 512
     fast_batch_size: int = 1024
     chunk_size: int = 2000
-    text_workers: int | str = "auto"
+    text_workers: int | str = 0
     max_text_chars: int = 20000
     languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
     detect_languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
