@@ -47,7 +47,9 @@ from feedback_nlp.classify import Model, classify_chunk
 from feedback_nlp.config import JourneyMap, Settings
 from feedback_nlp.errors import FeedbackError, InputError
 from feedback_nlp.lock import RunLock, pid_alive
-from feedback_nlp.pipeline import EmbedderLike, Outputs, _progress_bar, process_chunk, stage_prototypes, write_outputs
+from feedback_nlp.pipeline import (EmbedderLike, Outputs, _progress_bar, process_chunk, stage_prototypes,
+                                   touchpoint_prototypes_for, write_outputs)
+from feedback_nlp.zeroshot import StagePrototypes, TouchpointPrototypes
 from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarantine_frame, read_raw_chunks
 from feedback_nlp.records import ITEM_CONTEXT, QUARANTINED, UNIT
 from feedback_nlp.report import md_escape
@@ -170,25 +172,40 @@ def model_fingerprint(model: Model) -> str:
     return h.hexdigest()
 
 
-def prediction_key(model: Model, settings: Settings, journey: JourneyMap, prototypes: Any = None) -> str:
+@dataclass(frozen=True)
+class Prototypes:
+    """Zero-shot prototypes of a run: map stages and touchpoints the model has no class for."""
+
+    stages: StagePrototypes | None = None
+    touchpoints: TouchpointPrototypes | None = None
+
+
+def prediction_key(model: Model, settings: Settings, journey: JourneyMap, prototypes: Prototypes | None = None) -> str:
     """What a stored prediction depends on besides the embedding: the model, the thresholds
     that turn probabilities into labels, the map's stages (a stage outside the map is
-    `unassigned`) and, for stages the model was not trained on, their prototypes. Change any
-    and units are re-classified from stored embeddings."""
+    `unassigned`) and, for stages and touchpoints the model was not trained on, their
+    prototypes. Change any and units are re-classified from stored embeddings."""
     h = hashlib.sha256(",".join(journey.stage_ids).encode())
-    if prototypes is not None:
-        h.update(np.ascontiguousarray(prototypes.vectors, dtype="<f8").tobytes())
-        h.update(f"{prototypes.temperature!r}".encode())
+    stages = prototypes.stages if prototypes is not None else None
+    touchpoints = prototypes.touchpoints if prototypes is not None else None
+    if stages is not None:
+        h.update(np.ascontiguousarray(stages.vectors, dtype="<f8").tobytes())
+        h.update(f"{stages.temperature!r}".encode())
+    if touchpoints is not None:
+        h.update(",".join(touchpoints.ids).encode())
+        h.update(np.ascontiguousarray(touchpoints.vectors, dtype="<f8").tobytes())
+        h.update(f"{touchpoints.min_cosine!r}".encode())
     return (f"{model.model_id}|stage>={settings.stage_min_confidence:g}|tp>={settings.touchpoint_min_probability:g}"
             f"|map={h.hexdigest()[:8]}")
 
 
 def _prototypes(st: Store, run_id: int, journey: JourneyMap, model: Model, embedder: EmbedderLike,
-                settings: Settings) -> Any:
-    """Prototypes for map stages the model has no class for (pipeline.stage_prototypes), their
-    phrases embedded through the store, so a rerun does not load the embedder for them."""
+                settings: Settings) -> Prototypes:
+    """Prototypes for map stages and touchpoints the model has no class for (as in `run`),
+    their phrases embedded through the store, so a rerun does not load the embedder for them."""
     cached = StoreEmbedder(st, embedder, RunStats())
-    prototypes = stage_prototypes(journey, model, cached, settings)
+    prototypes = Prototypes(stage_prototypes(journey, model, cached, settings),
+                            touchpoint_prototypes_for(journey, model, cached, settings))
     if cached.pending:
         st.put_embeddings(cached.pending, embedder_id=embedder.id, run_id=run_id)
     return prototypes
@@ -281,7 +298,7 @@ def _parse_as_of(as_of: str | pd.Timestamp | None) -> pd.Timestamp | None:
 
 
 def _run(files: list[Path], st: Store, run_id: int, inputs_info: list[dict], *, journey: JourneyMap,
-         settings: Settings, columns: Any, model: Model, embedder: EmbedderLike, prototypes: Any, pred_key: str,
+         settings: Settings, columns: Any, model: Model, embedder: EmbedderLike, prototypes: Prototypes, pred_key: str,
          out_dir: Path,
          period: str, as_of: pd.Timestamp | None, write_csv: bool, quiet: bool, log: dict[str, Any]) -> ScoreResult:
     started = time.time()
@@ -346,6 +363,8 @@ def _run(files: list[Path], st: Store, run_id: int, inputs_info: list[dict], *, 
             "embedder_id": embedder.id,
             "prediction_key": pred_key,
             "journey_map": journey.path,
+            "zero_shot_stages": list(prototypes.stages.zero_shot) if prototypes.stages else [],
+            "zero_shot_touchpoints": list(prototypes.touchpoints.ids) if prototypes.touchpoints else [],
             "settings": settings.to_dict(),
             "scope": "all time",
             "period": {"kind": period, "current": cur_w.to_dict() if cur_w else None,
@@ -421,7 +440,7 @@ def _current_outputs(out_dir: Path, key: str, period: str) -> tuple[dict, dict, 
 
 
 def _ingest(files: list[Path], st: Store, run_id: int, *, settings: Settings, columns: Any, journey: JourneyMap,
-            model: Model, embedder: EmbedderLike, prototypes: Any, pred_key: str, out: Outputs, read: Counts,
+            model: Model, embedder: EmbedderLike, prototypes: Prototypes, pred_key: str, out: Outputs, read: Counts,
             stats: RunStats, quiet: bool) -> None:
     """Read every input; score new and edited items, one transaction per chunk."""
     seen: dict[str, str] = {}
@@ -449,7 +468,8 @@ def _ingest(files: list[Path], st: Store, run_id: int, *, settings: Settings, co
                     cached = StoreEmbedder(st, embedder, stats)
                     units, _, empty_q = process_chunk(
                         todo, settings=settings, journey=journey, model=model, embedder=cached,
-                        prototypes=prototypes, progress=bar.update, on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n))
+                        prototypes=prototypes.stages, touchpoint_prototypes=prototypes.touchpoints,
+                        progress=bar.update, on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n))
                     stats.time("process", time.perf_counter() - t1)
                     t1 = time.perf_counter()
                     _write_chunk(st, run_id, todo, hashes[~unchanged], stored[~unchanged], units, cached, pred_key,
@@ -486,7 +506,7 @@ def _write_chunk(st: Store, run_id: int, todo: pd.DataFrame, hashes: pd.Series, 
 
 
 def _backfill(st: Store, run_id: int, *, settings: Settings, journey: JourneyMap, model: Model,
-              embedder: EmbedderLike, prototypes: Any, pred_key: str, stats: RunStats) -> None:
+              embedder: EmbedderLike, prototypes: Prototypes, pred_key: str, stats: RunStats) -> None:
     """Classify stored units that have no prediction under `pred_key`, from stored embeddings."""
     last_first: tuple | None = None
     while True:
@@ -503,7 +523,7 @@ def _backfill(st: Store, run_id: int, *, settings: Settings, journey: JourneyMap
         out = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
                              stage_min_confidence=settings.stage_min_confidence,
                              touchpoint_min_probability=settings.touchpoint_min_probability,
-                             prototypes=prototypes)
+                             prototypes=prototypes.stages, touchpoint_prototypes=prototypes.touchpoints)
         out["content_hash"] = todo["content_hash"].to_numpy()
         st.write_predictions(out, cached.pending, embedder_id=embedder.id, pred_key=pred_key, run_id=run_id)
         stats.units_reclassified += len(out)

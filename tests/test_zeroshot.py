@@ -88,3 +88,30 @@ def test_zeroshot_untrained_touchpoint_is_found_from_its_description(tmp_path, s
     units = pd.read_parquet(tmp_path / "out" / "units.parquet").set_index("item_id")
     assert "wifi_extender" in units.loc["1", "touchpoints"].split(";")
     assert "wifi_extender" not in units.loc["2", "touchpoints"].split(";")
+
+
+def test_zeroshot_touchpoints_in_scheduled_scoring_and_a_new_description_reclassifies(tmp_path, settings, columns,
+                                                                                       model, embedder):
+    """`score` finds untrained map touchpoints as `run` does; editing the touchpoint's
+    description changes the prediction key, so stored units are re-classified from their
+    stored embeddings, not re-embedded."""
+    from feedback_nlp.incremental import score
+
+    dump = write(tmp_path / "in.csv", "id,text\n"
+                 "1,\"Il ripetitore wifi che mi avete venduto si disconnette ogni sera\"\n"
+                 "2,\"La fattura di questo mese ha un addebito doppio\"\n")
+    journey = load_journey_map(write(tmp_path / "m.yaml", TP_MAP))
+    kw = dict(store=tmp_path / "s.db", settings=settings, columns=columns, model=model, embedder=embedder,
+              out_dir=tmp_path / "out")
+    res = score([dump], journey=journey, **kw)
+    assert res.journey_map["run"]["zero_shot_touchpoints"] == ["wifi_extender"]
+    units = pd.read_parquet(tmp_path / "out" / "units.parquet").set_index("item_id")
+    assert "wifi_extender" in units.loc["1", "touchpoints"].split(";")
+    assert "wifi_extender" not in units.loc["2", "touchpoints"].split(";")
+    again = score([dump], journey=journey, **kw)
+    assert again.stats.units_reclassified == 0
+    edited = load_journey_map(write(tmp_path / "m2.yaml", TP_MAP.replace(
+        "the mesh Wi-Fi extender / repeater device sold with the plan", "the repeater for the home network")))
+    third = score([dump], journey=edited, **kw)
+    assert third.stats.units_reclassified == 2
+    assert third.stats.texts_embedded == 0
