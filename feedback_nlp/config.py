@@ -287,7 +287,7 @@ class Settings:
     detect_languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
     language_min_confidence: float = 0.5
     language_max_chars: int = 300
-    language_low_accuracy_min_chars: int = 100
+    language_low_accuracy_min_chars: int = 120
     split_min_chars: int = 100
     min_unit_words: int = 4
     stage_min_confidence: float = 0.45

@@ -42,8 +42,9 @@ def detect(texts: list[str], *, detect_languages: tuple[str, ...], supported: tu
            min_confidence: float, max_chars: int | None = None, low_accuracy_min_chars: int | None = None) -> list[str]:
     """ISO 639-1 code per text, or `und` when unsure or unsupported; each text is judged by its
     first `max_chars` characters. Heads of at least `low_accuracy_min_chars` characters go to
-    lingua's low-accuracy mode (trigrams only, 2-3x cheaper), which its authors and our
-    measurement find as accurate as the full mode on texts that long (docs/performance.md)."""
+    lingua's low-accuracy mode (trigrams only, 2-3x cheaper), which its authors find as accurate
+    as the full mode from 120 characters; at 120 no answer changed on 13,062 seed, blind-set and
+    example texts (at 100, one 102-character Portuguese note became Spanish)."""
     if not texts:
         return []
     codes = tuple(sorted(detect_languages))
