@@ -245,9 +245,21 @@ class Model:
     features: KernelMap | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     _folded: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    # `train --fine-tune` on frozen embeddings: a finetune.ContrastiveAdapter, applied first
+    adapter: Any = None
+    # a model that carries its own fine-tuned encoder: the folder it loads from (set by persist.py)
+    embedder_folder: str | None = None
+
+    def adapt(self, embeddings: np.ndarray) -> np.ndarray:
+        """Embeddings through the fine-tuned adapter, when the model has one (else unchanged)."""
+        if self.adapter is None or len(embeddings) == 0:
+            return embeddings
+        return self.adapter.transform(embeddings)
 
     def featurize(self, embeddings: np.ndarray) -> np.ndarray:
-        """Embeddings -> what the heads read (the kernel map's features, when there is one)."""
+        """Embeddings -> what the heads read: the adapter's output, then the kernel map's
+        features, for the parts the model has."""
+        embeddings = self.adapt(embeddings)
         if self.features is None or len(embeddings) == 0:
             return embeddings
         return self.features.transform(embeddings)
@@ -267,7 +279,7 @@ class Model:
             if self._folded is None:
                 self._folded = tuple(None if h is None else _fold(h, self.features.normalization_)
                                      for h in (self.stage, self.sentiment, self.touchpoints))
-            F = self.features.kernel(embeddings)
+            F = self.features.kernel(self.adapt(embeddings))
             heads = self._folded
         return tuple(None if h is None else h.predict_proba(F) for h in heads)  # type: ignore[return-value]
 

@@ -112,7 +112,7 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
     """
     from feedback_nlp.config import load_journey_map
     from feedback_nlp.embed import Embedder
-    from feedback_nlp.persist import load_model
+    from feedback_nlp.persist import embedder_spec, load_model
     from feedback_nlp.pipeline import run_batch
     from feedback_nlp.read import discover
     from feedback_nlp.report import summary_table
@@ -127,6 +127,8 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
                                       model_option=model_path, device=device,
                                       notify=None if quiet else lambda m: click.echo(m, err=True))
     model = load_model(model_dir)
+    settings = settings.replace(embedder=embedder_spec(model, settings.embedder,
+                                                       explicit=embedder or (settings.embedder if fast else None)))
     emb = Embedder(settings.embedder, threads=settings.threads, device=settings.device,
                    dedup=settings.embed_dedup, gpu_batch_size=settings.gpu_batch_size,
                    fast_batch_size=settings.fast_batch_size)
@@ -215,12 +217,19 @@ def score(inputs: tuple[str, ...], store_path: str | None, period: str, as_of: s
 @click.option("--promote/--no-promote", default=True, show_default=True,
               help="Point models/CURRENT at the new version if it is not worse than the current one.")
 @click.option("--force", is_flag=True, help="Promote even if the new version is worse.")
+@click.option("--fine-tune", "fine_tune", is_flag=True,
+              help="Also adapt the representation to the labels (SetFit: contrastive pairs of labelled units). "
+                   "A sentence-transformers folder embedder is fine-tuned and saved into the model folder "
+                   "(embedder/), which run, score and evaluate then use; the built-in use-m3 embedders are not "
+                   "trainable and get a small adapter network under the heads. Minutes instead of seconds; "
+                   "settings under `fine_tune:` in configs/train.yaml. Measured in docs/accuracy.md (with use-m3 "
+                   "the adapter did not beat the fast mode).")
 @common_options
 @handle_errors
 def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None, out_dir: str | None,
           model_id: str | None, map_path: str | None, test_size: float | None, seed: int | None,
-          train_config: str | None, promote: bool, force: bool, config_path: str | None, columns_path: str | None,
-          column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
+          train_config: str | None, promote: bool, force: bool, fine_tune: bool, config_path: str | None,
+          columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
     """Train stage, sentiment and touchpoint heads on labelled files (columns text, stage,
     sentiment, optional touchpoints separated by ';').
 
@@ -230,17 +239,22 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     and row and written to label_issues.csv in the model folder. Metrics come from a stratified
     held-out split; the new version is compared with the current one on the same held-out rows
     and promoted only if macro-F1 does not drop (overall and per language) beyond
-    `promote_tolerance`, unless --force.
+    `promote_tolerance`, unless --force. With --fine-tune the representation is adapted too
+    (fit on the training rows only for the held-out metrics).
     """
+    import shutil
+
     from feedback_nlp import registry
     from feedback_nlp.config import load_journey_map, load_train_settings, resolve
     from feedback_nlp.embed import Embedder
-    from feedback_nlp.persist import POINTER, load_model, resolve_model_folder, save_model
+    from feedback_nlp.finetune import resolve_mode
+    from feedback_nlp.persist import EMBEDDER_DIR, POINTER, load_model, resolve_model_folder, save_model
     from feedback_nlp.train import evaluate_model, load_labels, model_card
     from feedback_nlp.train import train as train_model
 
     settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
     ts = load_train_settings(train_config).replace(test_size=test_size, seed=seed)
+    mode = resolve_mode(ts.fine_tune.mode, settings.embedder) if fine_tune else None
     journey = load_journey_map(map_path or settings.journey_map)
     root = _models_root(settings.model)
     if not files and not new_labels:
@@ -274,9 +288,19 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     with tqdm(total=len(df), unit="unit", desc="embedding", file=sys.stderr, disable=quiet, leave=False) as bar:
         X = emb.encode(df["text"].tolist(), batch_size=settings.embed_batch_size, progress=bar.update)
     files_used = [f for group in sources for f in group]
-    model, metrics, held_out = train_model(df, X, model_id=model_id or out.name, embedder_id=emb.id,
-                                           embedder_desc=emb.info.description, test_size=ts.test_size, seed=ts.seed,
-                                           tp_labels=[t.id for t in journey.touchpoints], sources=files_used, ts=ts)
+    if mode and not quiet:
+        click.echo(f"fine-tuning ({mode}): fit on the training rows for the held-out figures, then on all "
+                   f"{len(df)} rows" + (" (the encoder: minutes on a CPU)" if mode == "encoder" else ""),
+                   err=True)
+    try:
+        model, metrics, held_out = train_model(
+            df, X, model_id=model_id or out.name, embedder_id=emb.id, embedder_desc=emb.info.description,
+            test_size=ts.test_size, seed=ts.seed, tp_labels=[t.id for t in journey.touchpoints],
+            sources=files_used, ts=ts, fine_tune=mode, encoder=settings.embedder if mode == "encoder" else None,
+            encoder_out=out / EMBEDDER_DIR if mode == "encoder" else None, threads=settings.threads)
+    except BaseException:
+        shutil.rmtree(out / EMBEDDER_DIR, ignore_errors=True)  # no half-written version left behind
+        raise
     md, js = model_card(model)
     extra = {"card.md": md, "card.json": js}
     if len(issues):
@@ -285,6 +309,8 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     if not quiet:
         for head in ("stage", "sentiment"):
             click.echo(f"{head}: held-out accuracy {metrics[head]['accuracy']:.3f}, macro-F1 {metrics[head]['macro_f1']:.3f}")
+        if mode:
+            click.echo(f"fine-tuned ({mode}) in {model.meta['training']['seconds']['total']:.0f} s")
         click.echo(f"model written to {out}")
     if not promote:
         return
@@ -292,11 +318,16 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     reason = "first version"
     if current and current != out.name and not force:
         old = load_model(out.parent / current)
-        if old.embedder_id != model.embedder_id:
+        if old.embedder_id == emb.id:
+            X_old = X[held_out]
+        elif old.embedder_folder:  # it carries its own (fine-tuned) encoder: embed the held-out rows with it
+            X_old = Embedder(old.embedder_folder, threads=settings.threads).encode(
+                df["text"].iloc[held_out].tolist(), batch_size=settings.embed_batch_size)
+        else:
             click.echo(f"not promoted: current {current} uses embedder {old.embedder_id}; compare by hand and use "
                        "`feedback-nlp models promote` (or --force)", err=True)
             return
-        old_metrics = evaluate_model(old, X[held_out], df.iloc[held_out])
+        old_metrics = evaluate_model(old, X_old, df.iloc[held_out])
         worse = registry.compare(metrics, old_metrics, ts.promote_tolerance)
         if worse:
             click.echo(f"not promoted: worse than {current} on the same held-out rows: " + "; ".join(worse), err=True)
@@ -459,17 +490,21 @@ def models_diff(version_a: str, version_b: str, data: tuple[str, ...], limit: in
     from feedback_nlp import registry
     from feedback_nlp.config import load_journey_map
     from feedback_nlp.embed import Embedder
-    from feedback_nlp.persist import load_model
+    from feedback_nlp.persist import embedder_spec, load_model
     from feedback_nlp.pipeline import run_batch
 
     settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
     root = _models_root()
     journey = load_journey_map(settings.journey_map)
-    emb = Embedder(settings.embedder, threads=settings.threads)
+    embedders: dict[str, Embedder] = {}
     frames = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, v in enumerate((version_a, version_b)):
             model = load_model(registry._version_folder(root, v))
+            spec = embedder_spec(model, settings.embedder)  # a fine-tuned model brings its own; --embedder: the other
+            if spec not in embedders:
+                embedders[spec] = Embedder(spec, threads=settings.threads)
+            emb = embedders[spec]
             run_batch(data, journey=journey, settings=settings, columns=columns, model=model, embedder=emb,
                       out_dir=Path(tmp) / str(i), quiet=True)
             frames.append(pd.read_parquet(Path(tmp) / str(i) / "units.parquet"))
@@ -493,12 +528,12 @@ def evaluate(model_path: str, data: tuple[str, ...], json_out: str | None, confi
     """Evaluate MODEL on labelled DATA it was not trained on: accuracy, macro-F1, per class,
     per language, confusion matrix."""
     from feedback_nlp.embed import Embedder
-    from feedback_nlp.persist import load_model
+    from feedback_nlp.persist import embedder_spec, load_model
     from feedback_nlp.train import evaluate_model, read_labelled
 
     settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
     model = load_model(model_path)
-    emb = Embedder(settings.embedder, threads=settings.threads)
+    emb = Embedder(embedder_spec(model, settings.embedder, explicit=embedder), threads=settings.threads)
     model.check_embedder(emb.id)
     df = read_labelled(data, columns, settings)
     X = emb.encode(df["text"].tolist(), batch_size=settings.embed_batch_size)

@@ -416,21 +416,24 @@ class FineTuneSettings:
     mode: str = "auto"
     labels: tuple[str, ...] = FINE_TUNE_LABELS
     adapter_hidden: int = 256
-    adapter_epochs: int = 10
+    adapter_epochs: int = 5
     adapter_lr: float = 1e-4
     adapter_pairs_per_unit: int = 10
     adapter_batch_size: int = 512
     adapter_weight_decay: float = 0.0
     encoder_epochs: int = 1
-    encoder_pairs_per_unit: int = 4
+    encoder_pairs_per_unit: int = 8
     encoder_batch_size: int = 16
-    encoder_lr: float = 2e-5
+    encoder_lr: float = 5e-5
     encoder_warmup: float = 0.1
     encoder_max_seq_length: int = 128
+    encoder_refit: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(v, bool):
+                raise TypeError(f"fine_tune.{f.name} must be true or false, got {v!r}")
             if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int)):
                 raise TypeError(f"fine_tune.{f.name} must be an integer, got {v!r}")
             if f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float))):

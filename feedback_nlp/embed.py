@@ -99,7 +99,9 @@ def onnx_model_path() -> Path:
 
 def _folder_fingerprint(path: Path) -> str:
     h = hashlib.sha256()
-    for name in ("modules.json", "config_sentence_transformers.json", "config.json"):
+    # fine_tune.json (written by `train --fine-tune`) holds the weights' SHA-256: fine-tunes of one
+    # base have the same file sizes, and must not share an id
+    for name in ("modules.json", "config_sentence_transformers.json", "config.json", "fine_tune.json"):
         f = path / name
         if f.is_file():
             h.update(name.encode())

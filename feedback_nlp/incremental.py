@@ -160,7 +160,7 @@ class StoreEmbedder:
 def model_fingerprint(model: Model) -> str:
     """SHA-256 of a model's labels and arrays: the same id with other weights is another model."""
     h = hashlib.sha256(model.embedder_id.encode())
-    for name in ("features", "stage", "sentiment", "touchpoints"):
+    for name in ("adapter", "features", "stage", "sentiment", "touchpoints"):
         part = getattr(model, name, None)
         if part is None:
             continue
@@ -573,7 +573,7 @@ def score_command(inputs: tuple[str, ...], *, store_path: str | None, map_path: 
     is rolled back, the run is marked failed, the log line is written, exit code 1.
     """
     from feedback_nlp.config import load_column_map, load_journey_map, load_settings, parse_column_overrides
-    from feedback_nlp.persist import load_model
+    from feedback_nlp.persist import embedder_spec, load_model
 
     t0 = time.time()
     log: dict[str, Any] = {"event": "feedback_nlp.score", "started": _iso(t0), "pid": os.getpid(),
@@ -589,6 +589,8 @@ def score_command(inputs: tuple[str, ...], *, store_path: str | None, map_path: 
         with RunLock(store) as lock:  # so does a store another run holds
             journey = load_journey_map(map_path or settings.journey_map)
             model = load_model(model_path or settings.model)
+            # a model fine-tuned with `train --fine-tune` may carry its own encoder: use it
+            settings = settings.replace(embedder=embedder_spec(model, settings.embedder, explicit=embedder))
             emb = LazyEmbedder(settings.embedder, threads=settings.threads)
             result = score(inputs, store=store, journey=journey, settings=settings, columns=cols, model=model,
                            embedder=emb, out_dir=out_dir, period=period, as_of=as_of, write_csv=write_csv,

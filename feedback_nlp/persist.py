@@ -2,12 +2,16 @@
 
 A model folder is safe to receive from someone else: loading parses JSON and reads numeric
 arrays with `allow_pickle=False`, and refuses a folder whose files do not match the manifest.
+A model fine-tuned with `train --fine-tune` may carry a contrastive adapter (more arrays in
+heads.npz) or its own encoder in `embedder/` (a sentence-transformers folder, safetensors),
+whose files the manifest lists too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ CONFIG = "config.json"
 ARRAYS = "heads.npz"
 MANIFEST = "manifest.json"
 POINTER = "CURRENT"
+EMBEDDER_DIR = "embedder"  # a fine-tuned encoder carried by the model
 
 
 def _sha256(path: Path) -> str:
@@ -55,6 +60,19 @@ def save_model(model: Model, folder: str | Path, extra_files: dict[str, str] | N
         for key, arr in model.features.to_arrays().items():
             arrays[f"features.{key}"] = arr
         features = {"type": "KernelMap", "params": _head_params(model.features)}
+    adapter = None
+    if model.adapter is not None:
+        for key, arr in model.adapter.to_arrays().items():
+            arrays[f"adapter.{key}"] = arr
+        adapter = {"type": type(model.adapter).__name__, "params": _head_params(model.adapter)}
+    carried = None
+    if model.embedder_folder:
+        src, dst = Path(model.embedder_folder).resolve(), (folder / EMBEDDER_DIR).resolve()
+        if src != dst:
+            if dst.exists():
+                raise FeedbackError("E405", f"{dst} exists; a model folder holds one embedder")
+            shutil.copytree(src, dst)
+        carried = EMBEDDER_DIR
     np.savez(folder / ARRAYS, **arrays)
     config = {
         "format_version": FORMAT_VERSION,
@@ -64,10 +82,16 @@ def save_model(model: Model, folder: str | Path, extra_files: dict[str, str] | N
         "features": features,
         "meta": model.meta,
     }
+    if adapter is not None:
+        config["adapter"] = adapter
+    if carried is not None:
+        config["embedder_folder"] = carried
     (folder / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for name, text in (extra_files or {}).items():
         (folder / name).write_text(text, encoding="utf-8")
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+    if carried is not None:
+        files += sorted(p.relative_to(folder).as_posix() for p in (folder / carried).rglob("*") if p.is_file())
     manifest = {name: _sha256(folder / name) for name in files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return folder
@@ -118,6 +142,23 @@ def load_model(path: str | Path) -> Model:
             raise FeedbackError("E404", f"{folder}: unknown feature map type {spec.get('type')!r}")
         own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("features.")}
         features = KernelMap.from_arrays(own, **spec["params"])
+    adapter = None
+    if config.get("adapter"):
+        spec = config["adapter"]
+        if spec.get("type") != "ContrastiveAdapter":
+            raise FeedbackError("E404", f"{folder}: unknown adapter type {spec.get('type')!r}")
+        from feedback_nlp.finetune import ContrastiveAdapter
+
+        own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("adapter.")}
+        adapter = ContrastiveAdapter.from_arrays(own, **spec["params"])
+    embedder_folder = None
+    if config.get("embedder_folder"):
+        carried = (folder / config["embedder_folder"]).resolve()
+        listed = {name for name in manifest if name.startswith(config["embedder_folder"] + "/")}
+        if carried.parent != folder.resolve() or f"{config['embedder_folder']}/modules.json" not in listed:
+            raise FeedbackError("E402", f"{folder}: its embedder folder {config['embedder_folder']!r} is not "
+                                f"inside the model folder or not listed in {MANIFEST}")
+        embedder_folder = str(carried)
     return Model(
         model_id=config["model_id"],
         embedder_id=config["embedder_id"],
@@ -126,4 +167,14 @@ def load_model(path: str | Path) -> Model:
         touchpoints=heads.get("touchpoints"),
         features=features,
         meta=config.get("meta", {}),
+        adapter=adapter,
+        embedder_folder=embedder_folder,
     )
+
+
+def embedder_spec(model: Model, configured: str, explicit: str | None = None) -> str:
+    """The embedder to run `model` with: the fine-tuned encoder it carries, unless --embedder
+    names another (which the embedder check then refuses if it differs); else the configured one."""
+    if model.embedder_folder and not explicit:
+        return model.embedder_folder
+    return configured

@@ -62,7 +62,9 @@ def _read_label_rows(inputs: Iterable[str | Path], columns: ColumnMap,
     df = pd.concat(frames, ignore_index=True)
     df["text"] = df["text"].map(clean_text)
     df = language_chunk(df, detect_languages=settings.detect_languages, supported=settings.languages,
-                        min_confidence=settings.language_min_confidence)
+                        min_confidence=settings.language_min_confidence,
+                           max_chars=settings.language_max_chars,
+                           low_accuracy_min_chars=settings.language_low_accuracy_min_chars)
     return df[LABEL_COLUMNS], issues
 
 
@@ -191,9 +193,22 @@ def multilabel_metrics(Y_true: np.ndarray, Y_pred: np.ndarray, labels: list[str]
 
 
 def fit_model(X: np.ndarray, df: pd.DataFrame, *, model_id: str, embedder_id: str, seed: int = 0,
-              tp_labels: list[str] | None = None, ts: TrainSettings | None = None) -> Model:
+              tp_labels: list[str] | None = None, ts: TrainSettings | None = None, adapter: bool = False) -> Model:
+    """Heads on embeddings X of the rows `df`; with `adapter`, first a contrastive adapter
+    (`ts.fine_tune`, finetune.py) trained on these rows, and the heads on its output."""
     ts = ts or TrainSettings()
     features = None
+    fitted_adapter = None
+    if adapter:
+        from feedback_nlp.finetune import ContrastiveAdapter
+
+        ft = ts.fine_tune
+        fitted_adapter = ContrastiveAdapter(
+            hidden=ft.adapter_hidden, epochs=ft.adapter_epochs, lr=ft.adapter_lr,
+            pairs_per_unit=ft.adapter_pairs_per_unit, batch_size=ft.adapter_batch_size,
+            weight_decay=ft.adapter_weight_decay, random_state=seed,
+        ).fit(X, df[list(ft.labels)].to_numpy())
+        X = fitted_adapter.transform(X)
     F = X
     if ts.kernel_components:
         features = KernelMap(n_components=ts.kernel_components, gamma=ts.kernel_gamma, random_state=seed).fit(X)
@@ -207,7 +222,7 @@ def fit_model(X: np.ndarray, df: pd.DataFrame, *, model_id: str, embedder_id: st
             touch = MultiLabelHead(C=ts.touchpoint_C, min_positive=ts.touchpoint_min_positive,
                                    random_state=seed).fit(F, Y, labels=tp_labels)
     return Model(model_id=model_id, embedder_id=embedder_id, stage=stage, sentiment=sentiment, touchpoints=touch,
-                 features=features)
+                 features=features, adapter=fitted_adapter)
 
 
 def reliability(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, bins: int = 10) -> dict[str, Any]:
@@ -246,24 +261,83 @@ def evaluate_model(model: Model, X: np.ndarray, df: pd.DataFrame, *, touchpoint_
     return out
 
 
-def train(df: pd.DataFrame, X: np.ndarray, *, model_id: str, embedder_id: str, embedder_desc: str,
-          test_size: float = 0.2, seed: int = 0, tp_labels: list[str] | None = None,
-          sources: list[str] | None = None, ts: TrainSettings | None = None) -> tuple[Model, dict[str, Any], np.ndarray]:
-    """Held-out metrics from a stratified split, then heads refit on every row."""
+def split_indices(df: pd.DataFrame, *, test_size: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out split `train` uses: stratified by stage and language."""
     strat = df["stage"].astype(str) + "|" + df["lang"].astype(str)
     counts = strat.value_counts()
     # rare stage|language pairs (e.g. a few `und` rows) join their stage's largest pair
     largest = strat.groupby(df["stage"].astype(str).to_numpy()).agg(lambda s: s.value_counts().index[0])
     strat = strat.where(strat.map(counts) >= 2, df["stage"].astype(str).map(largest))
     idx_train, idx_test = train_test_split(np.arange(len(df)), test_size=test_size, random_state=seed, stratify=strat)
-    held = fit_model(X[idx_train], df.iloc[idx_train], model_id=model_id, embedder_id=embedder_id, seed=seed,
-                     tp_labels=tp_labels, ts=ts)
-    metrics = evaluate_model(held, X[idx_test], df.iloc[idx_test])
-    model = fit_model(X, df, model_id=model_id, embedder_id=embedder_id, seed=seed, tp_labels=tp_labels, ts=ts)
+    return idx_train, idx_test
+
+
+def train(df: pd.DataFrame, X: np.ndarray | None, *, model_id: str, embedder_id: str, embedder_desc: str,
+          test_size: float = 0.2, seed: int = 0, tp_labels: list[str] | None = None,
+          sources: list[str] | None = None, ts: TrainSettings | None = None, fine_tune: str | None = None,
+          encoder: str | None = None, encoder_out: str | Path | None = None,
+          threads: int = 2) -> tuple[Model, dict[str, Any], np.ndarray]:
+    """Held-out metrics from a stratified split, then heads refit on every row.
+
+    `fine_tune` (`train --fine-tune`): None trains heads on the frozen embeddings X; `adapter`
+    puts a contrastive adapter under the heads; `encoder` fine-tunes the sentence-transformers
+    folder `encoder` (whose frozen embeddings X are not used) and saves it to `encoder_out`,
+    which the model then carries. Whatever adapts to the labels is fit on the training rows
+    only for the held-out metrics, and refit on every row for the shipped model.
+    """
+    ts = ts or TrainSettings()
+    ft = ts.fine_tune
+    from feedback_nlp.finetune import Timer
+
+    timer = Timer()
+    idx_train, idx_test = split_indices(df, test_size=test_size, seed=seed)
+    common = dict(model_id=model_id, seed=seed, tp_labels=tp_labels, ts=ts, adapter=fine_tune == "adapter")
+    if fine_tune == "encoder":
+        from feedback_nlp.embed import Embedder
+        from feedback_nlp.finetune import encode, fine_tune_encoder, save_encoder
+
+        if not encoder or encoder_out is None:
+            raise ValueError("fine_tune='encoder' needs the encoder folder and encoder_out")
+        texts = df["text"].astype(str).tolist()
+        labels = df[list(ft.labels)].to_numpy()
+        opts = dict(epochs=ft.encoder_epochs, pairs_per_unit=ft.encoder_pairs_per_unit,
+                    batch_size=ft.encoder_batch_size, lr=ft.encoder_lr, warmup=ft.encoder_warmup,
+                    max_seq_length=ft.encoder_max_seq_length, random_state=seed, threads=threads)
+        with timer("held_out"):
+            enc = fine_tune_encoder(encoder, [texts[i] for i in idx_train], labels[idx_train], **opts)
+            X_held = encode(enc, texts)
+            held = fit_model(X_held[idx_train], df.iloc[idx_train], embedder_id=embedder_id, **common)
+            metrics = evaluate_model(held, X_held[idx_test], df.iloc[idx_test])
+        with timer("final"):
+            if ft.encoder_refit:  # else ship the encoder the held-out figures describe: half the time
+                del enc
+                enc = fine_tune_encoder(encoder, texts, labels, **opts)
+            save_encoder(enc, encoder_out, base_id=embedder_id,
+                         info={"model_id": model_id, "rows": len(df) if ft.encoder_refit else len(idx_train)})
+            del enc
+            tuned = Embedder(str(encoder_out), threads=threads)
+            model = fit_model(tuned.encode(texts), df, embedder_id=tuned.id, **common)
+            model.embedder_folder = str(encoder_out)
+        embedder_meta = {"id": tuned.id, "description": f"{embedder_desc}, fine-tuned on these labels "
+                         "(train --fine-tune); carried in the model folder", "base_id": embedder_id}
+    else:
+        if X is None:
+            raise ValueError("train needs the embeddings X unless fine_tune='encoder'")
+        with timer("held_out"):
+            held = fit_model(X[idx_train], df.iloc[idx_train], embedder_id=embedder_id, **common)
+            metrics = evaluate_model(held, X[idx_test], df.iloc[idx_test])
+        with timer("final"):
+            model = fit_model(X, df, embedder_id=embedder_id, **common)
+        embedder_meta = {"id": embedder_id, "description": embedder_desc}
+    mode = fine_tune or "fast"
+    settings_used = {k: v for k, v in dataclasses.asdict(ft).items()
+                     if k in ("mode", "labels") or k.startswith(f"{fine_tune}_")} if fine_tune else {}
     model.meta = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "feedback_nlp_version": __version__,
-        "embedder": {"id": embedder_id, "description": embedder_desc},
+        "embedder": embedder_meta,
+        "training": {"mode": mode, "fine_tune": settings_used,
+                     "seconds": {**timer.seconds, "total": round(sum(timer.seconds.values()), 3)}},
         "training_data": {
             "files": sources or [],
             "rows": int(len(df)),
@@ -274,18 +348,44 @@ def train(df: pd.DataFrame, X: np.ndarray, *, model_id: str, embedder_id: str, e
         },
         "evaluation": {
             "method": f"stratified held-out split (test_size={test_size}, seed={seed}); heads trained on "
-                      "the rest; shipped heads refit on all rows",
+                      "the rest; shipped heads refit on all rows" + {
+                          "adapter": " (the contrastive adapter too: fit on the training rows only for the "
+                                     "held-out figures, refit on all rows)",
+                          "encoder": " (the encoder too: fine-tuned on the training rows only for the "
+                                     "held-out figures, " + ("fine-tuned again on all rows)" if ft.encoder_refit
+                                                             else "and shipped as it is: encoder_refit false)")
+                      }.get(mode, ""),
             "held_out_rows": int(len(idx_test)),
             "metrics": metrics,
         },
         "seed": seed,
-        "train_settings": dataclasses.asdict(ts or TrainSettings()),
+        "train_settings": dataclasses.asdict(ts),
     }
     return model, metrics, idx_test
 
 
 def _fmt(x: float) -> str:
     return f"{x:.3f}"
+
+
+def _training_line(training: dict[str, Any] | None) -> str:
+    """The card's line on how the representation was trained (older cards have no record)."""
+    if not training:
+        return "- Training mode: not recorded"
+    sec = training.get("seconds", {})
+    took = (f"; {sec.get('total', 0):.1f} s wall (held-out fit {sec.get('held_out', 0):.1f} s, "
+            f"final fit {sec.get('final', 0):.1f} s)") if sec else ""
+    mode = training.get("mode", "fast")
+    what = {
+        "fast": "fast (heads on the frozen embeddings)",
+        "adapter": "`--fine-tune`: contrastive adapter (SetFit pairs, residual network, numpy "
+                   "forward) on the frozen embeddings, under the heads",
+        "encoder": "`--fine-tune`: encoder fine-tuned on SetFit pairs (CosineSimilarityLoss), "
+                   "carried in `embedder/`",
+    }.get(mode, mode)
+    settings = training.get("fine_tune") or {}
+    shown = ", ".join(f"{k} {v if not isinstance(v, (list, tuple)) else '+'.join(v)}" for k, v in settings.items())
+    return f"- Training mode: {what}{took}" + (f"; settings: {shown}" if shown else "")
 
 
 def model_card(model: Model) -> tuple[str, str]:
@@ -302,6 +402,7 @@ def model_card(model: Model) -> tuple[str, str]:
         + (f"an RBF-kernel Nystroem feature map ({model.features.n_components} landmarks, gamma "
            f"{model.features.gamma})" if model.features is not None else "the raw embeddings")
         + "; stored as plain arrays (no pickle)",
+        _training_line(meta.get("training")),
         f"- Training data: {meta['training_data']['rows']} labelled units from "
         f"{', '.join(meta['training_data']['files']) or 'n/a'}; fingerprint "
         f"`{meta['training_data']['fingerprint'][:16]}`",
