@@ -135,22 +135,10 @@ def load_model(path: str | Path) -> Model:
             raise FeedbackError("E404", f"{folder}: unknown head type {spec['type']!r}")
         own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
         heads[name] = cls.from_arrays(spec["labels"], own, **spec["params"])
-    features = None
-    if config.get("features"):
-        spec = config["features"]
-        if spec.get("type") != "KernelMap":
-            raise FeedbackError("E404", f"{folder}: unknown feature map type {spec.get('type')!r}")
-        own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("features.")}
-        features = KernelMap.from_arrays(own, **spec["params"])
-    adapter = None
-    if config.get("adapter"):
-        spec = config["adapter"]
-        if spec.get("type") != "ContrastiveAdapter":
-            raise FeedbackError("E404", f"{folder}: unknown adapter type {spec.get('type')!r}")
-        from feedback_nlp.finetune import ContrastiveAdapter
+    from feedback_nlp.finetune import ContrastiveAdapter
 
-        own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("adapter.")}
-        adapter = ContrastiveAdapter.from_arrays(own, **spec["params"])
+    features = _optional_part(folder, config, arrays, "features", KernelMap, "feature map")
+    adapter = _optional_part(folder, config, arrays, "adapter", ContrastiveAdapter, "adapter")
     embedder_folder = None
     if config.get("embedder_folder"):
         carried = (folder / config["embedder_folder"]).resolve()
@@ -170,6 +158,18 @@ def load_model(path: str | Path) -> Model:
         adapter=adapter,
         embedder_folder=embedder_folder,
     )
+
+
+def _optional_part(folder: Path, config: dict[str, Any], arrays: dict[str, np.ndarray], key: str, cls: type,
+                   what: str) -> Any:
+    """The model part saved under `key` (kernel map, adapter) rebuilt from its arrays, or None."""
+    spec = config.get(key)
+    if not spec:
+        return None
+    if spec.get("type") != cls.__name__:
+        raise FeedbackError("E404", f"{folder}: unknown {what} type {spec.get('type')!r}")
+    own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{key}.")}
+    return cls.from_arrays(own, **spec["params"])
 
 
 def embedder_spec(model: Model, configured: str, explicit: str | None = None) -> str:
