@@ -364,9 +364,6 @@ class Rules:
             present.update(self._specs_of(int(h)))
         return [(label, matcher) for label, need, matcher in self._groups if need <= present]
 
-    def may_match(self, doc) -> bool:
-        return bool(self.candidate_groups(doc))
-
     def extract_doc(self, doc) -> EffortSignals:
         from spacy.util import filter_spans
 
@@ -693,7 +690,10 @@ def effort_chunk(units: pd.DataFrame, *, weights: ScoreWeights | None = None) ->
     """UNIT chunk (needs `text`, `lang`) -> the same rows with the EFFORT columns added."""
     w = weights or load_weights()
     n = len(units)
-    cols: dict[str, list] = {c: [None] * n for c in EFFORT.columns}
+    none = effort_score(None, False, None, False, False, w)
+    defaults = {"wait_minutes": np.nan, "repeat_contact": False, "transfer": False, "unresolved": False,
+                "effort_score": none}  # a unit with no signal (most units)
+    cols: dict[str, list] = {c: [defaults.get(c)] * n for c in EFFORT.columns}
     texts = units["text"].astype("string").fillna("").tolist()
     langs = units["lang"].astype("string").fillna("").tolist()
     by_lang: dict[str, list[int]] = {}
@@ -706,14 +706,9 @@ def effort_chunk(units: pd.DataFrame, *, weights: ScoreWeights | None = None) ->
             continue
         for i, doc in zip(idx, rules.docs([texts[i] for i in idx])):
             signals[i] = rules.extract_doc(doc)
-    none = effort_score(None, False, None, False, False, w)
-    cols["wait_minutes"] = [np.nan] * n
-    cols["repeat_contact"] = cols["transfer"] = cols["unresolved"] = [False] * n
-    cols["effort_score"] = [none] * n
-    cols = {c: list(v) for c, v in cols.items()}  # one list per column (the defaults above share some)
     for i, s in enumerate(signals):
         if s is None or not (s.durations or s.repeats or s.transfers or s.unresolved):
-            continue  # most units: the defaults
+            continue
         wait = s.longest_wait
         rep = max(s.repeats, key=lambda r: -1 if r.count is None else r.count, default=None)
         cols["wait_minutes"][i] = wait.minutes if wait else np.nan

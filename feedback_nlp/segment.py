@@ -59,8 +59,9 @@ def segment_chunk(items: pd.DataFrame, *, split_min_chars: int, min_unit_words: 
     pos: list[int] = []
     cols: dict[str, list] = {"unit_idx": [], "text": [], "start": [], "end": []}
     for i, (text, lang) in enumerate(zip(items["text"].astype(str).tolist(), items["lang"].astype(str).tolist())):
-        idx = 0
-        for start, end in split_text(text, lang, split_min_chars=split_min_chars, min_unit_words=min_unit_words):
+        for idx, (start, end) in enumerate(
+            split_text(text, lang, split_min_chars=split_min_chars, min_unit_words=min_unit_words)
+        ):
             unit = text[start:end].strip()
             if not unit:
                 continue
@@ -69,7 +70,6 @@ def segment_chunk(items: pd.DataFrame, *, split_min_chars: int, min_unit_words: 
             cols["text"].append(unit)
             cols["start"].append(start)
             cols["end"].append(end)
-            idx += 1
     # The item's columns repeated by position: what a merge on item_id gives, without the join.
     take = np.asarray(pos, dtype=np.int64)
     context = items[["item_id", "lang", *ITEM_CONTEXT]].iloc[take].reset_index(drop=True)
