@@ -15,9 +15,12 @@ What it does:
    a dropped / repeated / swapped word, changed numbers) so units are not all duplicates; a
    share of social posts (`--repost-share`, 5%) are exact reposts of earlier ones;
 2. runs the real `pipeline.run_batch` on it, for each N in a fresh subprocess (so each peak
-   RSS is that size's own), with every step function wrapped in a timer (exclusive time:
-   read, clean, language, segment, embed, classify, aggregate, write; `other` is the rest);
-3. times the embedding model alone on a sample of the same units, in the same process;
+   RSS is that size's own). The chunk steps (clean, language, segment, effort, embed,
+   classify) are timed by the run itself (`RunResult.steps`, summed over worker processes
+   when `workers` > 0); the main process's own steps (read, aggregate, themes, write, and
+   `wait`, the time it waited for workers) by wrappers here; `other` is the rest;
+3. times the embedding alone on all the run's units in the same process (`threads` threads,
+   the best one process does), and the bare model on a sample of them;
 4. with `--compare`: the fast paths against the plain path on the same units (tokenizer,
    deduplication, batch sizes, ONNX, static tier), their cosine agreement with the default
    embeddings, their heads' agreement with the default heads, and held-out accuracy on the
@@ -46,8 +49,9 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 STEPS = ("read", "clean", "language", "segment", "embed", "classify", "aggregate", "write")
-EXTRA = ("effort", "themes", "text_wait")  # steps added since the issue's list: timed apart, not hidden in `other`;
-# text_wait: time the main process waited for chunks prepared by a background text worker
+EXTRA = ("effort", "themes", "wait")  # steps added since the issue's list: timed apart, not hidden in `other`;
+# wait: time the main process waited for the worker processes' chunks
+CHUNK_STEPS = ("clean", "language", "segment", "effort", "embed", "classify")  # timed by the run (StepClock)
 
 
 # --- the dump -----------------------------------------------------------------------------
@@ -189,31 +193,24 @@ def _patch(obj: Any, name: str, wrapper: Callable[[Callable], Callable]) -> None
 
 
 def instrument(timer: StepTimer) -> None:
-    """Wrap the step functions `pipeline.run_batch` calls (only those that exist)."""
+    """Wrap the main process's own steps (the chunk steps time themselves: RunResult.steps)."""
     import feedback_nlp.aggregate as aggregate
     import feedback_nlp.merge as merge
     import feedback_nlp.pipeline as pipeline
+    import feedback_nlp.workers as workers
 
     _patch(pipeline, "read_raw_chunks", lambda f: timer.wrap_iter("read", f))
     for name in ("map_columns", "drop_duplicate_ids", "discover"):
         _patch(pipeline, name, lambda f: timer.wrap("read", f))
-    _patch(pipeline, "clean_chunk", lambda f: timer.wrap("clean", f))
-    _patch(pipeline, "language_chunk", lambda f: timer.wrap("language", f))
-    _patch(pipeline, "segment_chunk", lambda f: timer.wrap("segment", f))
-    _patch(pipeline, "classify_chunk", lambda f: timer.wrap("classify", f))
-    _patch(pipeline, "effort_chunk", lambda f: timer.wrap("effort", f))
     for name in ("add", "finish"):
         _patch(aggregate.Accumulator, name, lambda f: timer.wrap("aggregate", f))
     _patch(merge, "themes_and_drivers", lambda f: timer.wrap("themes", f))
-    submit = pipeline.TextWorkers.submit
-
-    def timed_submit(self: Any, items: Any) -> Callable:
-        return timer.wrap("text_wait", submit(self, items))
-
-    pipeline.TextWorkers.submit = timed_submit
+    _patch(workers.ChunkPool, "next", lambda f: timer.wrap("wait", f))
     for name in ("units", "quarantine", "json", "text", "close", "commit"):
         _patch(pipeline.Outputs, name, lambda f: timer.wrap("write", f))
     _patch(pipeline, "write_outputs", lambda f: timer.wrap("write", f))
+    # process_chunk runs in this process when workers are off: its time is the chunk steps'
+    _patch(pipeline, "process_chunk", lambda f: timer.wrap("chunk", f))
 
 
 def peak_rss_mb() -> float:
@@ -244,8 +241,8 @@ def child(args: argparse.Namespace) -> None:
     settings = load_settings(args.config)
     if args.batch_size:
         settings = settings.replace(embed_batch_size=args.batch_size)
-    if args.text_workers is not None:
-        settings = settings.replace(text_workers=args.text_workers)
+    if args.workers is not None:
+        settings = settings.replace(workers=args.workers if args.workers == "auto" else int(args.workers))
     columns = load_column_map(settings.columns)
     journey = load_journey_map(settings.journey_map)
     settings, model_dir = select_tier(settings, columns, journey, fast=args.fast,
@@ -259,13 +256,14 @@ def child(args: argparse.Namespace) -> None:
 
     timer = StepTimer()
     instrument(timer)
-    plain_encode = emb.encode
-    emb.encode = timer.wrap("embed", emb.encode)
     out = Path(args.out)
     t1, c1 = time.perf_counter(), time.process_time()
     res = run_batch([args.dump], journey=journey, settings=settings, columns=columns, model=model, embedder=emb,
                     out_dir=out, quiet=True)
     run_s, run_cpu = time.perf_counter() - t1, time.process_time() - c1
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, reaped when the run ends
+    workers_cpu = children.ru_utime + children.ru_stime
+    worker_peak = children.ru_maxrss / 1024
     peak = peak_rss_mb()
 
     texts = pd.read_parquet(out / "units.parquet", columns=["text"])["text"].astype(str).tolist()
@@ -274,7 +272,7 @@ def child(args: argparse.Namespace) -> None:
     # The embedding alone on exactly the run's units, same embedder and settings, nothing else
     # running: the yardstick for "everything but the embedding" when text steps overlap it.
     t_alone = time.perf_counter()
-    plain_encode(texts, batch_size=settings.embed_batch_size)
+    emb.encode(texts, batch_size=settings.embed_batch_size)
     embed_alone_s = time.perf_counter() - t_alone
     sample = random.Random(0).sample(texts, min(args.raw_units, n_units))
     if settings.embedder == DEFAULT_EMBEDDER:
@@ -292,15 +290,23 @@ def child(args: argparse.Namespace) -> None:
         emb.model.encode(sample, batch_size=raw_batch, show_progress_bar=False)
     raw_s = time.perf_counter() - t2
 
-    steps = {k: round(v, 3) for k, v in timer.seconds.items()}
-    cpu = {k: round(v, 3) for k, v in timer.cpu.items()}
     other = run_s - sum(timer.seconds.values())
+    # The chunk steps as the run timed them (in this process, or summed over the workers).
+    seconds, cpu_s = dict(timer.seconds), dict(timer.cpu)
+    seconds.pop("chunk", None), cpu_s.pop("chunk", None)
+    for k in CHUNK_STEPS:
+        seconds[k] = res.steps.seconds.get(k, 0.0)
+        cpu_s[k] = res.steps.cpu.get(k, 0.0)
+    steps = {k: round(v, 3) for k, v in seconds.items()}
+    cpu = {k: round(v, 3) for k, v in cpu_s.items()}
     print(json.dumps({
         "items": args.items, "rows_read": res.counts.rows_read, "rows_used": res.counts.rows_used,
         "units": n_units, "unique_unit_share": round(unique_share, 4), "embedder": emb.id,
         "device": emb.device, "load_s": round(load_s, 2), "run_s": round(run_s, 2), "steps": steps,
-        "other_s": round(other, 3), "run_cpu_s": round(run_cpu, 2), "steps_cpu": cpu, "rss_after_load_mb": round(rss_loaded, 1), "peak_rss_mb": round(peak, 1),
-        "embed_alone_s": round(embed_alone_s, 2), "text_workers": settings.text_workers, "raw_label": label, "raw_units": len(sample), "raw_units_per_s": round(len(sample) / raw_s, 1),
+        "other_s": round(other, 3), "run_cpu_s": round(run_cpu, 2), "workers_cpu_s": round(workers_cpu, 2),
+        "steps_cpu": cpu, "rss_after_load_mb": round(rss_loaded, 1), "peak_rss_mb": round(peak, 1),
+        "worker_peak_rss_mb": round(worker_peak, 1), "embed_alone_s": round(embed_alone_s, 2),
+        "workers": res.workers, "raw_label": label, "raw_units": len(sample), "raw_units_per_s": round(len(sample) / raw_s, 1),
         "loadavg": os.getloadavg(),
     }))
 
@@ -475,54 +481,64 @@ def machine() -> dict[str, Any]:
             "os": platform.platform(), "loadavg": os.getloadavg()}
 
 
+def _total_rss(r: dict[str, Any]) -> float:
+    """Main process peak plus each worker at the largest worker's peak (an upper bound)."""
+    return r["peak_rss_mb"] + r["workers"] * r["worker_peak_rss_mb"]
+
+
 def report_sizes(results: list[dict[str, Any]]) -> None:
     print("\n## Throughput per size (fresh process each)\n")
-    print("| items | text workers | units | unique units | items/s | units/s | " + " | ".join(f"{s} s" for s in STEPS)
-          + " | effort s | themes s | text wait s | other s | model load s | RSS after load MB | peak RSS MB "
-            "| raw encode units/s |")
-    print("|" + "---|" * (len(STEPS) + 15))
+    print("Chunk steps (clean ... classify, effort) are seconds summed over the worker processes when "
+          "workers > 0 (each runs one thread); read, aggregate, write, themes and wait are the main "
+          "process's wall seconds.\n")
+    print("| items | workers | units | unique units | items/s | units/s | " + " | ".join(f"{s} s" for s in STEPS)
+          + " | effort s | themes s | wait s | other s | model load s | RSS after load MB | peak RSS MB "
+            "| worker peak RSS MB | raw encode units/s |")
+    print("|" + "---|" * (len(STEPS) + 16))
     for r in results:
         st = r["steps"]
-        print(f"| {r['items']:,} | {r['text_workers']} | {r['units']:,} | {r['unique_unit_share']:.1%} | "
+        print(f"| {r['items']:,} | {r['workers']} | {r['units']:,} | {r['unique_unit_share']:.1%} | "
               f"{r['items'] / r['run_s']:.0f} | {r['units'] / r['run_s']:.0f} | "
               + " | ".join(f"{st[s]:.2f}" for s in STEPS)
-              + f" | {st['effort']:.2f} | {st['themes']:.2f} | {st['text_wait']:.2f} | {r['other_s']:.2f} | "
-                f"{r['load_s']:.1f} | {r['rss_after_load_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['raw_units_per_s']:.0f} |")
-    print("\n(With a background text worker, clean / language / segment / effort show the first chunk only, "
-          "which runs in process; the rest is in `text wait`, the time the run waited for it.)")
-    print("\nThe same steps in process CPU seconds (user + system, all threads; less sensitive than wall "
-          "time to other processes on the machine):\n")
-    print("| items | run CPU s (this process) | " + " | ".join(f"{s} CPU s" for s in STEPS)
+              + f" | {st['effort']:.2f} | {st['themes']:.2f} | {st['wait']:.2f} | {r['other_s']:.2f} | "
+                f"{r['load_s']:.1f} | {r['rss_after_load_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['worker_peak_rss_mb']:.0f} | {r['raw_units_per_s']:.0f} |")
+    print("\nThe same steps in CPU seconds (user + system, all threads, workers included; less sensitive "
+          "than wall time to other processes on the machine):\n")
+    print("| items | run CPU s (main + workers) | " + " | ".join(f"{s} CPU s" for s in STEPS)
           + " | effort CPU s | themes CPU s |")
     print("|" + "---|" * (len(STEPS) + 4))
     for r in results:
         c = r["steps_cpu"]
-        print(f"| {r['items']:,} | {r['run_cpu_s']:.2f} | " + " | ".join(f"{c[s]:.2f}" for s in STEPS)
-              + f" | {c['effort']:.2f} | {c['themes']:.2f} |")
+        print(f"| {r['items']:,} | {r['run_cpu_s'] + r['workers_cpu_s']:.2f} | "
+              + " | ".join(f"{c[s]:.2f}" for s in STEPS) + f" | {c['effort']:.2f} | {c['themes']:.2f} |")
     print()
     for r in results:
         alone = r["embed_alone_s"]
-        print(f"- {r['items']:,} items, text workers {r['text_workers']}: the run took {r['run_s']:.2f} s; the "
-              f"embedding alone on the same units {alone:.2f} s; everything else cost "
-              f"{r['run_s'] - alone:.2f} s = {(r['run_s'] - alone) / alone:.1%} of the embedding (target <= 15%)")
+        print(f"- {r['items']:,} items, {r['workers']} workers: the run took {r['run_s']:.2f} s; the embedding "
+              f"alone on the same units, in one process with all the run's threads, {alone:.2f} s; everything "
+              f"else cost {r['run_s'] - alone:.2f} s = {(r['run_s'] - alone) / alone:.1%} of it (target <= 15%)")
     for r in results:
-        embed = r["steps"]["embed"]
-        rest = r["run_s"] - embed
-        cpu_embed = r["steps_cpu"]["embed"]
-        cpu_rest = r["run_cpu_s"] - cpu_embed
-        print(f"- {r['items']:,} items ({r['embedder']}, {r['device']}): everything but the embedding = "
-              f"{rest:.2f} s = {rest / embed:.1%} of the embedding's {embed:.2f} s wall, "
-              f"{cpu_rest / cpu_embed:.1%} in CPU seconds (target <= 15%); "
-              f"embed step {r['units'] / embed:.0f} units/s vs the model alone {r['raw_units_per_s']:.0f} units/s "
-              f"({r['raw_label']}, {r['raw_units']:,} units); load average at the end {r['loadavg'][0]:.1f}")
+        st, c = r["steps"], r["steps_cpu"]
+        embed = st["embed"]
+        work = sum(v for k, v in st.items() if k != "wait") + r["other_s"]
+        cpu_embed = c["embed"]
+        cpu_rest = r["run_cpu_s"] + r["workers_cpu_s"] - cpu_embed
+        unit = "worker-seconds (one thread each)" if r["workers"] else "wall seconds"
+        print(f"- {r['items']:,} items ({r['embedder']}, {r['device']}, {r['workers']} workers): everything but "
+              f"the embedding = {work - embed:.2f} s = {(work - embed) / embed:.1%} of the embedding's {embed:.2f} "
+              f"{unit}; {cpu_rest / cpu_embed:.1%} in CPU seconds (target <= 15%); embed step "
+              f"{r['units'] / embed:.0f} units/s{' per worker' if r['workers'] else ''} vs the model alone "
+              f"{r['raw_units_per_s']:.0f} units/s ({r['raw_label']}, {r['raw_units']:,} units); "
+              f"load average at the end {r['loadavg'][0]:.1f}")
     by = {r["items"]: r for r in results}
     for a, b in ((10_000, 100_000), (1_000, 10_000)):
         if a in by and b in by:
             ra, rb = by[a], by[b]
-            print(f"- {a:,} -> {b:,} items: peak RSS x{rb['peak_rss_mb'] / ra['peak_rss_mb']:.2f} "
+            print(f"- {a:,} -> {b:,} items: peak RSS (main + workers) x{_total_rss(rb) / _total_rss(ra):.2f} "
                   f"(target <= 1.20 for 10k -> 100k); seconds per item x"
                   f"{(rb['run_s'] / rb['items']) / (ra['run_s'] / ra['items']):.2f} wall, x"
-                  f"{(rb['run_cpu_s'] / rb['items']) / (ra['run_cpu_s'] / ra['items']):.2f} CPU (linear = 1.00)")
+                  f"{((rb['run_cpu_s'] + rb['workers_cpu_s']) / rb['items']) / ((ra['run_cpu_s'] + ra['workers_cpu_s']) / ra['items']):.2f} CPU (linear = 1.00)")
 
 
 def main() -> None:
@@ -532,9 +548,8 @@ def main() -> None:
     ap.add_argument("--embedder", default=None, help="run the sizes with this embedder")
     ap.add_argument("--device", default=None, help="auto | cpu | cuda[:N]")
     ap.add_argument("--batch-size", type=int, default=None, help="embed_batch_size for the sized runs")
-    ap.add_argument("--text-workers", type=int, default=None,
-                    help="text_workers for the sized runs (default: the run settings', auto); 0 gives the "
-                         "full per-step breakdown, since steps in a background process are not timed")
+    ap.add_argument("--workers", default=None,
+                    help="workers for the sized runs (default: the run settings', auto); N or auto")
     ap.add_argument("--no-dedup", action="store_true", help="sized runs without deduplication")
     ap.add_argument("--config", default=None, help="run settings YAML")
     ap.add_argument("--compare", action="store_true", help="also compare the fast paths (on the first size)")
@@ -569,7 +584,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", "--items", str(n), "--dump", str(dump),
                "--out", str(work / f"out-{n}"), "--raw-units", str(args.raw_units)]
         for flag, val in (("--embedder", args.embedder), ("--device", args.device), ("--config", args.config),
-                          ("--batch-size", args.batch_size), ("--text-workers", args.text_workers)):
+                          ("--batch-size", args.batch_size), ("--workers", args.workers)):
             if val is not None:
                 cmd += [flag, str(val)]
         cmd += ["--fast"] if args.fast else []

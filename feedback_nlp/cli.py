@@ -79,6 +79,14 @@ def main() -> None:
     """
 
 
+def _workers_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    if value.isdigit():
+        return int(value)
+    raise click.BadParameter(f"{value!r}: give a number of processes (0 or more) or 'auto'")
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,
@@ -97,11 +105,14 @@ def main() -> None:
 @click.option("--device", default=None, metavar="auto|cpu|cuda[:N]",
               help="Where a torch embedder (--fast, a sentence-transformers folder) runs (default: auto, "
                    "a GPU when one is visible).")
+@click.option("--workers", default=None, metavar="N|auto", callback=_workers_option,
+              help="Processes scoring chunks in parallel, one thread each (default: auto, one per thread of "
+                   "`threads` in the run settings; 0: all in this process).")
 @common_options
 @handle_errors
 def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path: str | None, write_csv: bool,
         chunk_size: int | None, stage_min_confidence: float | None, fast: bool, device: str | None,
-        config_path: str | None, columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None,
+        workers: int | str | None, config_path: str | None, columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None,
         quiet: bool) -> None:
     """Score feedback files (CSV, TSV, JSONL, Parquet; files or folders) onto a journey map.
 
@@ -119,6 +130,8 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
 
     settings, columns = _setup(config_path, columns_path, column_overrides, chunk_size=chunk_size,
                                stage_min_confidence=stage_min_confidence, embedder=embedder)
+    if workers is not None:
+        settings = settings.replace(workers=workers)
     discover(inputs)  # bad paths fail before models load
     journey = load_journey_map(map_path or settings.journey_map)
     from feedback_nlp.distill import select_tier

@@ -281,7 +281,8 @@ class Settings:
     gpu_batch_size: int = 512
     fast_batch_size: int = 1024
     chunk_size: int = 2000
-    text_workers: int | str = 0
+    workers: int | str = "auto"
+    workers_min_chunks: int = 4
     max_text_chars: int = 20000
     languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
     detect_languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
@@ -319,9 +320,9 @@ class Settings:
             ("gpu_batch_size", self.gpu_batch_size >= 1),
             ("fast_batch_size", self.fast_batch_size >= 1),
             ("chunk_size", self.chunk_size >= 1),
-            ("text_workers", self.text_workers == "auto" or (isinstance(self.text_workers, int)
-                                                            and not isinstance(self.text_workers, bool)
-                                                            and self.text_workers >= 0)),
+            ("workers", self.workers == "auto" or (isinstance(self.workers, int)
+                                                  and not isinstance(self.workers, bool) and self.workers >= 0)),
+            ("workers_min_chunks", self.workers_min_chunks >= 1),
             ("max_text_chars", self.max_text_chars >= 1),
             ("language_min_confidence", 0 <= self.language_min_confidence <= 1),
             ("language_max_chars", self.language_max_chars >= 0),

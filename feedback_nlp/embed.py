@@ -285,6 +285,22 @@ def _onnx_module_class():
     return USEM3Onnx
 
 
+@dataclass(frozen=True)
+class EmbedderArgs:
+    """How to build the same embedder again in a worker process (workers.py): the model itself
+    is never pickled, each worker loads it from the installed package or folder."""
+
+    spec: str
+    device: str
+    dedup: bool
+    gpu_batch_size: int
+    fast_batch_size: int
+
+    def build(self, threads: int) -> "Embedder":
+        return Embedder(self.spec, threads=threads, device=self.device, dedup=self.dedup,
+                        gpu_batch_size=self.gpu_batch_size, fast_batch_size=self.fast_batch_size)
+
+
 class Embedder:
     """A loaded sentence-transformers model plus its id; `encode` returns unit-norm float32.
 
@@ -303,6 +319,7 @@ class Embedder:
 
     def __init__(self, spec: str = DEFAULT_EMBEDDER, *, threads: int = 2, device: str = "cpu",
                  dedup: bool = True, gpu_batch_size: int = 512, fast_batch_size: int = 1024) -> None:
+        self.args = EmbedderArgs(spec, device, dedup, gpu_batch_size, fast_batch_size)
         self.spec = spec
         self.id = embedder_id(spec)
         self.threads = threads

@@ -2,7 +2,8 @@
 embed -> classify -> score -> merge -> write.
 
 `process_chunk` is a pure function of a chunk of items (given loaded models), so a distributed
-engine can map it over partitions; `run_batch` streams chunks through it, keeps only running
+engine can map it over partitions; `run_batch` streams chunks through it (in worker processes,
+workers.py, when there is more than one chunk), keeps only running
 sums, and writes every output into a temporary folder that replaces `out_dir` at the very end,
 so a failed run leaves no half-written output.
 """
@@ -16,7 +17,8 @@ import shutil
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -34,6 +36,7 @@ from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarant
 from feedback_nlp.records import QUARANTINED
 from feedback_nlp.effort import effort_chunk
 from feedback_nlp.segment import segment_chunk
+from feedback_nlp.workers import ChunkJob, ChunkPool, can_spawn, resolve_workers, threads_per_worker
 from feedback_nlp.zeroshot import (StagePrototypes, TouchpointPrototypes, build_prototypes,
                                    build_touchpoint_prototypes)
 
@@ -45,38 +48,71 @@ class EmbedderLike:  # the interface process_chunk needs (embed.Embedder or a te
                progress: Callable[[int], None] | None = None) -> np.ndarray: ...
 
 
-def prepare_chunk(items: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+class StepClock:
+    """Wall and CPU seconds per step, summed over calls; a chunk's clock travels back from its
+    worker and adds into the run's (`merge`), so run.json says where the time went."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - t0
+            self.cpu[step] = self.cpu.get(step, 0.0) + time.process_time() - c0
+
+    def merge(self, other: "StepClock") -> None:
+        for mine, theirs in ((self.seconds, other.seconds), (self.cpu, other.cpu)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0.0) + v
+
+
+def prepare_chunk(items: pd.DataFrame, settings: Settings,
+                  clock: StepClock | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The text steps: items (raw text) -> (units with effort signals, quarantine rows for items
-    with nothing left after cleaning). Needs no model, so it can run in another process while
-    the embedder works on the previous chunk (`text_workers`)."""
-    items = clean_chunk(items)
-    empty = ~items["text"].map(has_content)
-    q = quarantine_frame([
-        {"source_file": r.source_file, "row": int(r.row), "field": "text",
-         "reason": Reason.NO_CONTENT_AFTER_CLEANING.value,
-         "detail": "nothing left after removing markup, links and mentions", "text_preview": str(r.text)[:200]}
-        for r in items[empty].itertuples(index=False)
-    ])
-    items = items[~empty]
-    items = language_chunk(items, detect_languages=settings.detect_languages, supported=settings.languages,
-                           min_confidence=settings.language_min_confidence,
-                           max_chars=settings.language_max_chars,
-                           low_accuracy_min_chars=settings.language_low_accuracy_min_chars)
-    units = segment_chunk(items, split_min_chars=settings.split_min_chars, min_unit_words=settings.min_unit_words)
-    return effort_chunk(units), q
+    with nothing left after cleaning). Needs no model."""
+    clock = clock or StepClock()
+    with clock("clean"):
+        items = clean_chunk(items)
+        empty = ~items["text"].map(has_content)
+        q = quarantine_frame([
+            {"source_file": r.source_file, "row": int(r.row), "field": "text",
+             "reason": Reason.NO_CONTENT_AFTER_CLEANING.value,
+             "detail": "nothing left after removing markup, links and mentions", "text_preview": str(r.text)[:200]}
+            for r in items[empty].itertuples(index=False)
+        ])
+        items = items[~empty]
+    with clock("language"):
+        items = language_chunk(items, detect_languages=settings.detect_languages, supported=settings.languages,
+                               min_confidence=settings.language_min_confidence,
+                               max_chars=settings.language_max_chars,
+                               low_accuracy_min_chars=settings.language_low_accuracy_min_chars)
+    with clock("segment"):
+        units = segment_chunk(items, split_min_chars=settings.split_min_chars, min_unit_words=settings.min_unit_words)
+    with clock("effort"):
+        units = effort_chunk(units)
+    return units, q
 
 
 def embed_and_classify(units: pd.DataFrame, *, settings: Settings, journey: JourneyMap, model: Model,
                        embedder: EmbedderLike, prototypes: StagePrototypes | None = None,
                        touchpoint_prototypes: TouchpointPrototypes | None = None,
-                       progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+                       progress: Callable[[int], None] | None = None,
+                       clock: StepClock | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Units -> (units with predictions and probabilities, their embeddings)."""
-    emb = embedder.encode(units["text"].astype(str).tolist(), batch_size=settings.embed_batch_size,
-                          progress=progress)
-    units = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
-                           stage_min_confidence=settings.stage_min_confidence,
-                           touchpoint_min_probability=settings.touchpoint_min_probability,
-                           prototypes=prototypes, touchpoint_prototypes=touchpoint_prototypes)
+    clock = clock or StepClock()
+    with clock("embed"):
+        emb = embedder.encode(units["text"].astype(str).tolist(), batch_size=settings.embed_batch_size,
+                              progress=progress)
+    with clock("classify"):
+        units = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
+                               stage_min_confidence=settings.stage_min_confidence,
+                               touchpoint_min_probability=settings.touchpoint_min_probability,
+                               prototypes=prototypes, touchpoint_prototypes=touchpoint_prototypes)
     return units, emb
 
 
@@ -84,57 +120,18 @@ def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMa
                   embedder: EmbedderLike, prototypes: StagePrototypes | None = None,
                   touchpoint_prototypes: TouchpointPrototypes | None = None,
                   progress: Callable[[int], None] | None = None,
-                  on_units: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+                  on_units: Callable[[int], None] | None = None,
+                  clock: StepClock | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Items (raw text) -> (classified units, their embeddings, quarantine rows for items with
-    nothing left after cleaning): `prepare_chunk` then `embed_and_classify`."""
-    units, q = prepare_chunk(items, settings)
+    nothing left after cleaning): `prepare_chunk` then `embed_and_classify`. What a worker
+    process (workers.py), or a distributed engine, maps over chunks."""
+    units, q = prepare_chunk(items, settings, clock)
     if on_units is not None:
         on_units(len(units))
     units, emb = embed_and_classify(units, settings=settings, journey=journey, model=model, embedder=embedder,
                                     prototypes=prototypes, touchpoint_prototypes=touchpoint_prototypes,
-                                    progress=progress)
+                                    progress=progress, clock=clock)
     return units, emb, q
-
-
-class TextWorkers:
-    """`prepare_chunk` for the next chunks in background processes while this one embeds.
-
-    The embedder keeps both cores of a small machine busy only part of the time; the text steps
-    (lingua, spaCy, regular expressions: one core each) fill the gaps. Started on the second
-    chunk, so a small input never pays for starting a process; results come back in order.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.workers = resolve_text_workers(settings.text_workers)
-        self._pool = None
-        self._chunks = 0
-
-    def submit(self, items: pd.DataFrame):
-        """A callable returning prepare_chunk's result for `items`."""
-        self._chunks += 1
-        if self.workers == 0 or self._chunks == 1:
-            result = prepare_chunk(items, self.settings)
-            return lambda: result
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn: a fork would copy the embedder's threads and locks into the child
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        return self._pool.submit(prepare_chunk, items, self.settings).result
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-
-def resolve_text_workers(setting: int | str) -> int:
-    """`auto`: one background process when the machine has at least two cores, else none."""
-    if setting == "auto":
-        return 1 if (os.cpu_count() or 1) >= 2 else 0
-    return int(setting)
 
 
 @dataclass
@@ -143,6 +140,8 @@ class RunResult:
     journey_map: dict[str, Any]
     scores: pd.DataFrame
     counts: Counts
+    workers: int = 0
+    steps: StepClock = field(default_factory=StepClock)  # the chunk steps, summed over workers
 
 
 class Outputs:
@@ -226,18 +225,18 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     out = Outputs(Path(out_dir), write_csv)
     seen: dict[str, str] = {}
     bar = _progress_bar(quiet)
-    workers = TextWorkers(settings)
-    pending: deque = deque()  # (result getter, quarantine rows of the read) per chunk, in order
+    clock = StepClock()
+    n_workers = resolve_workers(settings.workers, threads=settings.threads,
+                                device=getattr(embedder, "device", "cpu")) if can_spawn(embedder) else 0
+    per_worker = threads_per_worker(settings.threads, n_workers)
+    pool = ChunkPool(n_workers, ChunkJob(settings.replace(threads=per_worker), journey, model, embedder.args,
+                                         prototypes, tp_prototypes), per_worker) if n_workers else None
+    order: deque = deque()  # quarantine rows of the read, per chunk submitted to the pool, in order
+    held: list = []         # chunks read before the workers start: a small input never starts them
     empty_units = None
 
-    def finish_one() -> None:
+    def finish(units: pd.DataFrame, emb: np.ndarray, empty_q: pd.DataFrame, read_q: tuple) -> None:
         nonlocal empty_units
-        get, read_q = pending.popleft()
-        units, empty_q = get()
-        bar.total = (bar.total or 0) + len(units)
-        units, emb = embed_and_classify(units, settings=settings, journey=journey, model=model, embedder=embedder,
-                                        prototypes=prototypes, touchpoint_prototypes=tp_prototypes,
-                                        progress=bar.update)
         q = pd.concat([df for df in (*read_q, empty_q) if len(df)] or [QUARANTINED.empty()], ignore_index=True)
         if len(q):
             out.quarantine(q)
@@ -248,6 +247,20 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
             empty_units = units
         acc.add(units, emb)
 
+    def in_process(items: pd.DataFrame, read_q: tuple) -> None:
+        units, emb, empty_q = process_chunk(
+            items, settings=settings, journey=journey, model=model, embedder=embedder, prototypes=prototypes,
+            touchpoint_prototypes=tp_prototypes, progress=bar.update, clock=clock,
+            on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n))
+        finish(units, emb, empty_q, read_q)
+
+    def collect() -> None:
+        units, emb, empty_q, chunk_clock = pool.next()
+        clock.merge(chunk_clock)
+        bar.total = (bar.total or 0) + len(units)
+        bar.update(len(units))
+        finish(units, emb, empty_q, order.popleft())
+
     try:
         for path in files:
             bar.set_description(f"{path.name}")
@@ -256,12 +269,26 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
                 mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
                 acc.counts.add_blanked(mapped.blanked)
                 items, dup_q = drop_duplicate_ids(mapped.items, seen)
-                pending.append((workers.submit(items), (quarantine_frame(bad), mapped.quarantine, dup_q)))
-                while len(pending) > workers.workers:  # keep `workers` chunks in preparation
-                    finish_one()
-        while pending:
-            finish_one()
-        workers.close()
+                read_q = (quarantine_frame(bad), mapped.quarantine, dup_q)
+                if pool is None:
+                    in_process(items, read_q)
+                    continue
+                held.append((items, read_q))
+                if not order and len(held) < settings.workers_min_chunks:
+                    continue  # not started yet (once started, `order` is never empty until the end)
+                for chunk_items, chunk_q in held:
+                    pool.submit(chunk_items)
+                    order.append(chunk_q)
+                held.clear()
+                while pool.full():
+                    collect()
+        for chunk in held:
+            in_process(*chunk)
+        while order:
+            collect()
+        used_workers = n_workers if pool is not None and pool.started else 0
+        if pool is not None:
+            pool.close()
         bar.close()
         out.close(empty_units if empty_units is not None else pd.DataFrame())
         agg = acc.finish()
@@ -277,15 +304,18 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
             "zero_shot_touchpoints": list(tp_prototypes.ids) if tp_prototypes else [],
             "settings": settings.to_dict(),
             "counts": agg.counts.__dict__,
+            "workers": used_workers,
+            "step_seconds": {k: round(v, 2) for k, v in clock.seconds.items()},  # summed over workers
         }
         jm = write_outputs(out, journey, agg, run)
         out.commit()
     except BaseException:
-        workers.close()
+        if pool is not None:
+            pool.close(abort=True)
         bar.close()
         out.abort()
         raise
-    return RunResult(Path(out_dir), jm, agg.scores, agg.counts)
+    return RunResult(Path(out_dir), jm, agg.scores, agg.counts, used_workers, clock)
 
 
 def stage_prototypes(journey: JourneyMap, model: Model, embedder: EmbedderLike,

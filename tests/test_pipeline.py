@@ -62,22 +62,3 @@ def test_pipeline_a_case_note_counts_for_each_stage_it_covers(tmp_path, settings
     assert units["stage"].tolist() == ["delivery", "billing"]
     assert units["source"].tolist() == ["case_note", "case_note"]
 
-
-def test_pipeline_text_workers_give_the_outputs_of_the_in_process_run(tmp_path, settings, columns, journey, model,
-                                                                        embedder):
-    """Chunks prepared in a background process (text_workers) come back in order and change
-    nothing: units, quarantine and scores equal an in-process run's."""
-    from feedback_nlp.config import project_root
-
-    src = project_root() / "corpora" / "examples" / "surveys.csv"
-    outs = {}
-    for workers in (0, 1):
-        out = tmp_path / f"out{workers}"
-        run_batch([src], journey=journey, settings=settings.replace(chunk_size=25, text_workers=workers),
-                  columns=columns, model=model, embedder=embedder, out_dir=out, quiet=True)
-        outs[workers] = out
-    a, b = (pd.read_parquet(outs[w] / "units.parquet") for w in (0, 1))
-    assert len(a) > 100
-    pd.testing.assert_frame_equal(a, b)
-    for name in ("quarantine.csv", "scores.csv"):
-        assert (outs[0] / name).read_text() == (outs[1] / name).read_text()
