@@ -166,8 +166,8 @@ class StepTimer:
             finally:
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 nested, nested_cpu = self._stack.pop()
-                self.seconds[step] += dt - nested
-                self.cpu[step] += dc - nested_cpu
+                self.seconds[step] = self.seconds.get(step, 0.0) + dt - nested
+                self.cpu[step] = self.cpu.get(step, 0.0) + dc - nested_cpu
                 if self._stack:
                     self._stack[-1][0] += dt
                     self._stack[-1][1] += dc

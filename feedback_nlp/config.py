@@ -282,7 +282,7 @@ class Settings:
     fast_batch_size: int = 1024
     chunk_size: int = 2000
     workers: int | str = "auto"
-    workers_min_chunks: int = 4
+    workers_min_chunks: int = 8
     max_text_chars: int = 20000
     languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
     detect_languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
