@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from feedback_nlp import __version__
-from feedback_nlp.errors import FeedbackError, InputError
+from feedback_nlp.errors import FeedbackError, InputError, sigterm_raises
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -145,8 +145,9 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
     emb = Embedder(settings.embedder, threads=settings.threads, device=settings.device,
                    dedup=settings.embed_dedup, gpu_batch_size=settings.gpu_batch_size,
                    fast_batch_size=settings.fast_batch_size)
-    result = run_batch(inputs, journey=journey, settings=settings, columns=columns, model=model, embedder=emb,
-                       out_dir=out_dir, write_csv=write_csv, quiet=quiet)
+    with sigterm_raises("E912", "terminated by SIGTERM; no output was written"):
+        result = run_batch(inputs, journey=journey, settings=settings, columns=columns, model=model, embedder=emb,
+                           out_dir=out_dir, write_csv=write_csv, quiet=quiet)
     zero_shot = result.journey_map["run"].get("zero_shot_stages") or []
     if zero_shot:
         click.echo(f"zero-shot stages (no labelled data; classified from the map's descriptions and examples): "

@@ -7,6 +7,7 @@ to fix it, naming file, row and field where there is one.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from enum import Enum
 
 
@@ -24,6 +25,26 @@ class InputError(FeedbackError):
     """Bad input files, columns or options (exit code 2)."""
 
     exit_code = 2
+
+
+@contextmanager
+def sigterm_raises(code: str, message: str):
+    """Inside: SIGTERM (systemd stop, a scheduler's timeout) raises FeedbackError(code) instead of
+    killing the process, so the clean-up (temporary output, worker processes) still runs."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise FeedbackError(code, message)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def where(path: object, row: int | None = None, field: str | None = None) -> str:

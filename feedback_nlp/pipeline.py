@@ -263,7 +263,8 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
 
     try:
         for path in files:
-            bar.set_description(f"{path.name}")
+            if not order:  # once workers run, reading is ahead of the scoring: the bar says workers
+                bar.set_description(f"{path.name}")
             for raw, bad in read_raw_chunks(path, settings.chunk_size):
                 acc.counts.rows_read += len(raw) + len(bad)
                 mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
@@ -276,6 +277,8 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
                 held.append((items, read_q))
                 if not order and len(held) < settings.workers_min_chunks:
                     continue  # not started yet (once started, `order` is never empty until the end)
+                if not order:
+                    bar.set_description(f"{n_workers} workers")
                 for chunk_items, chunk_q in held:
                     pool.submit(chunk_items)
                     order.append(chunk_q)

@@ -69,6 +69,19 @@ def _start(threads: int) -> None:
 
     threadpool_limits(threads)
     _STATE["threads"] = threads
+    import threading
+
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A main process killed outright (SIGKILL, or SIGTERM outside the CLI) cannot stop its
+    # workers, and they would wait for chunks for ever, holding their memory.
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(WATCH_SECONDS)
+    os._exit(1)
 
 
 def _run(token: str, blob: bytes, items: Any) -> Any:
@@ -165,7 +178,8 @@ class ChunkPool:
             if abort:
                 for p in list(getattr(self._pool, "_processes", {}).values()):
                     p.terminate()
-            self._pool.shutdown(wait=not abort, cancel_futures=True)
+            # after terminate() the wait is short: the executor sees its workers gone and cleans up
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._pending.clear()
 

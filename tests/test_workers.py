@@ -94,3 +94,17 @@ def test_cli_workers_option_is_checked():
     res = CliRunner().invoke(main, ["run", str(SURVEYS), "--workers", "two"])
     assert res.exit_code == 2
     assert "--workers" in res.output and "'auto'" in res.output
+
+
+def test_sigterm_inside_sigterm_raises_is_an_error_and_the_handler_is_restored():
+    import signal
+    import time
+
+    from feedback_nlp.errors import sigterm_raises
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(FeedbackError, match="E912"):
+        with sigterm_raises("E912", "terminated by SIGTERM; no output was written"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+    assert signal.getsignal(signal.SIGTERM) is before
