@@ -144,7 +144,7 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
                                                        explicit=embedder or (settings.embedder if fast else None)))
     emb = Embedder(settings.embedder, threads=settings.threads, device=settings.device,
                    dedup=settings.embed_dedup, gpu_batch_size=settings.gpu_batch_size,
-                   fast_batch_size=settings.fast_batch_size)
+                   fast_batch_size=settings.fast_batch_size, cache_size=settings.embed_cache_size)
     with sigterm_raises("E912", "terminated by SIGTERM; no output was written"):
         result = run_batch(inputs, journey=journey, settings=settings, columns=columns, model=model, embedder=emb,
                            out_dir=out_dir, write_csv=write_csv, quiet=quiet)

@@ -276,6 +276,7 @@ class Settings:
     embed_batch_size: int = 64
     threads: int = 2
     embed_dedup: bool = True
+    embed_cache_size: int = 50000
     fast_embedder: str = "use-m3-static"
     device: str = "auto"
     gpu_batch_size: int = 512
@@ -316,6 +317,7 @@ class Settings:
         checks = [
             ("embed_batch_size", self.embed_batch_size >= 1),
             ("threads", self.threads >= 1),
+            ("embed_cache_size", self.embed_cache_size >= 0),
             ("device", self.device in ("auto", "cpu") or self.device.startswith("cuda")),
             ("gpu_batch_size", self.gpu_batch_size >= 1),
             ("fast_batch_size", self.fast_batch_size >= 1),

@@ -295,10 +295,12 @@ class EmbedderArgs:
     dedup: bool
     gpu_batch_size: int
     fast_batch_size: int
+    cache_size: int = 0
 
     def build(self, threads: int) -> "Embedder":
         return Embedder(self.spec, threads=threads, device=self.device, dedup=self.dedup,
-                        gpu_batch_size=self.gpu_batch_size, fast_batch_size=self.fast_batch_size)
+                        gpu_batch_size=self.gpu_batch_size, fast_batch_size=self.fast_batch_size,
+                        cache_size=self.cache_size)
 
 
 class Embedder:
@@ -315,11 +317,17 @@ class Embedder:
     fast_batch_size : the smallest batch for the static tier on a CPU: a lookup-and-mean model
         costs per batch (tokenizer call, tensors) more than per text, so small batches waste
         half its time (docs/performance.md); USE is flat from 16 to 1024, so it keeps the caller's.
+    cache_size : with `dedup`, vectors of the last this many distinct texts are kept across
+        calls (first in, first out), so a repost in a later chunk is not embedded again; 0: off.
+        About 2.3 KB a text with use-m3 (512 floats and the text).
     """
 
     def __init__(self, spec: str = DEFAULT_EMBEDDER, *, threads: int = 2, device: str = "cpu",
-                 dedup: bool = True, gpu_batch_size: int = 512, fast_batch_size: int = 1024) -> None:
-        self.args = EmbedderArgs(spec, device, dedup, gpu_batch_size, fast_batch_size)
+                 dedup: bool = True, gpu_batch_size: int = 512, fast_batch_size: int = 1024,
+                 cache_size: int = 0) -> None:
+        self.args = EmbedderArgs(spec, device, dedup, gpu_batch_size, fast_batch_size, cache_size)
+        self.cache_size = cache_size if dedup else 0
+        self._cache: dict[str, np.ndarray] = {}
         self.spec = spec
         self.id = embedder_id(spec)
         self.threads = threads
@@ -380,14 +388,38 @@ class Embedder:
         else:
             inverse, uniq = None, list(texts)
         out = np.empty((len(uniq), self.dim), dtype=np.float32)
-        for start in range(0, len(uniq), batch_size):
-            batch = uniq[start : start + batch_size]
-            out[start : start + len(batch)] = self.model.encode(batch, batch_size=batch_size, convert_to_numpy=True,
+        todo = list(range(len(uniq)))
+        if self.cache_size:
+            cache = self._cache
+            todo = []
+            for i, t in enumerate(uniq):
+                v = cache.get(t)
+                if v is None:
+                    todo.append(i)
+                else:
+                    out[i] = v
+        new = np.empty((len(todo), self.dim), dtype=np.float32)
+        for start in range(0, len(todo), batch_size):
+            batch = [uniq[i] for i in todo[start : start + batch_size]]
+            new[start : start + len(batch)] = self.model.encode(batch, batch_size=batch_size, convert_to_numpy=True,
                                                                 show_progress_bar=False)
             if progress is not None:
                 progress(len(batch))
-        if progress is not None and len(texts) > len(uniq):
-            progress(len(texts) - len(uniq))
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out /= np.where(norms == 0, 1, norms)
+        if progress is not None and len(texts) > len(todo):
+            progress(len(texts) - len(todo))
+        norms = np.linalg.norm(new, axis=1, keepdims=True)
+        new /= np.where(norms == 0, 1, norms)
+        out[todo] = new
+        if self.cache_size:
+            self._remember([uniq[i] for i in todo], new)
         return out if inverse is None else out[inverse]
+
+    def _remember(self, texts: list[str], vectors: np.ndarray) -> None:
+        cache = self._cache
+        for t, v in zip(texts[-self.cache_size:], vectors[-self.cache_size:]):
+            cache[t] = v.copy()  # a copy: a view would keep the whole batch's array alive
+        for _ in range(len(cache) - self.cache_size):
+            del cache[next(iter(cache))]  # first in, first out (dicts keep insertion order)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()

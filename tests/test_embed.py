@@ -55,3 +55,33 @@ def test_embed_loads_any_sentence_transformers_folder_offline(tmp_path):
     X = emb.encode(["bill wrong", "router late"])
     assert X.shape == (2, 16)
     assert embedder_id(str(tmp_path / "tiny")) == emb.id
+
+
+def test_embed_cache_skips_texts_seen_in_earlier_calls_first_in_first_out():
+    from feedback_nlp.embed import Embedder
+
+    emb = Embedder("use-m3", threads=2, cache_size=3)
+    seen: list[str] = []
+    inner = emb.model.encode
+
+    def counting(batch, **kw):
+        seen.extend(batch)
+        return inner(batch, **kw)
+
+    emb.model.encode = counting
+    first = emb.encode(["a bill", "a refund", "a parcel"])
+    assert seen == ["a bill", "a refund", "a parcel"]
+    seen.clear()
+    again = emb.encode(["a parcel", "an app", "a bill"])
+    assert seen == ["an app"]  # the other two came from the cache
+    np.testing.assert_array_equal(again[0], first[2])
+    np.testing.assert_array_equal(again[2], first[0])
+    # three kept, oldest out: "a bill" went when "an app" came in
+    assert list(emb._cache) == ["a refund", "a parcel", "an app"]
+    seen.clear()
+    emb.encode(["a bill"])
+    assert seen == ["a bill"]
+    emb.clear_cache()
+    assert emb._cache == {}
+    off = Embedder("use-m3", threads=2, dedup=False, cache_size=3)
+    assert off.cache_size == 0  # the cache builds on deduplication
