@@ -112,8 +112,8 @@ def _workers_option(ctx: click.Context, param: click.Parameter, value: str | Non
 @handle_errors
 def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path: str | None, write_csv: bool,
         chunk_size: int | None, stage_min_confidence: float | None, fast: bool, device: str | None,
-        workers: int | str | None, config_path: str | None, columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None,
-        quiet: bool) -> None:
+        workers: int | str | None, config_path: str | None, columns_path: str | None,
+        column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
     """Score feedback files (CSV, TSV, JSONL, Parquet; files or folders) onto a journey map.
 
     Writes into OUT: journey_map.json (the map with scores), units.parquet (every unit with

@@ -3,9 +3,9 @@ embed -> classify -> score -> merge -> write.
 
 `process_chunk` is a pure function of a chunk of items (given loaded models), so a distributed
 engine can map it over partitions; `run_batch` streams chunks through it (in worker processes,
-workers.py, when there is more than one chunk), keeps only running
-sums, and writes every output into a temporary folder that replaces `out_dir` at the very end,
-so a failed run leaves no half-written output.
+workers.py, from `workers_min_chunks` chunks on), keeps only running sums, and writes every
+output into a temporary folder that replaces `out_dir` at the very end, so a failed run leaves
+no half-written output.
 """
 
 from __future__ import annotations
