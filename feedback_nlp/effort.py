@@ -319,18 +319,24 @@ class Rules:
                 if not label.startswith("not_"):
                     need = frozenset(spec_ids.setdefault(spec, len(spec_ids)) for spec in _required(compiled))
                 groups.setdefault((label, need), []).append(compiled)
-        self._groups: list[tuple[str, frozenset, Matcher]] = []
-        self.vetoes: dict[str, Matcher] = {}
+        self._groups: list[tuple[str, frozenset, Matcher, Matcher]] = []
+        self.vetoes: dict[str, tuple[Matcher, Matcher]] = {}
+        flags = _WordFlags(self.nlp, [pat for pats in groups.values() for pat in pats])
         for (label, need), compiled_patterns in groups.items():
             matcher = Matcher(self.nlp.vocab, validate=True)
             try:
                 matcher.add(label, compiled_patterns)
             except Exception as e:  # spaCy's pattern validation
                 raise FeedbackError("E1102", f"{path}: patterns.{label}: {e}") from e
+            flagged = Matcher(self.nlp.vocab, validate=False)  # FLAG attributes are not in spaCy's schema
+            flagged.add(label, [[flags.token(t) for t in pat] for pat in compiled_patterns])
             if label.startswith("not_"):
-                self.vetoes[label] = matcher
+                self.vetoes[label] = (flagged, matcher)
             else:
-                self._groups.append((label, need, matcher))
+                self._groups.append((label, need, flagged, matcher))
+        self._ambiguous = flags.ambiguous_orths()
+        self.word_flags = len(flags.ids)
+        self.use_flags = True  # False: every doc through the predicate Matchers (the reference)
         # For `candidate_groups`: words map to the ids of the word sets holding them.
         self._word_specs: dict[str, list[int]] = {}
         for (kind, value), i in spec_ids.items():
@@ -356,15 +362,25 @@ class Rules:
 
     def candidate_groups(self, doc) -> list[tuple[str, Any]]:
         """(label, Matcher) of the pattern groups whose required words all occur in the doc: a
-        necessary condition for a match, so the other Matchers are skipped."""
-        from spacy.attrs import NORM
+        necessary condition for a match, so the other Matchers are skipped. The Matchers test
+        word classes by lexeme flags, unless the doc holds a token whose flags could be wrong
+        (`_WordFlags.ambiguous_orths`)."""
+        from spacy.attrs import NORM, ORTH
 
         present: set[int] = set()
         for h in set(doc.to_array(NORM).tolist()):
             present.update(self._specs_of(int(h)))
-        return [(label, matcher) for label, need, matcher in self._groups if need <= present]
+        found = [(label, flagged, plain) for label, need, flagged, plain in self._groups if need <= present]
+        plain = bool(found) and self._uses_predicates(doc, ORTH)
+        return [(label, p if plain else f) for label, f, p in found]
+
+    def _uses_predicates(self, doc, orth_attr: int) -> bool:
+        if not self.use_flags:
+            return True
+        return bool(self._ambiguous) and not self._ambiguous.isdisjoint(doc.to_array(orth_attr).tolist())
 
     def extract_doc(self, doc) -> EffortSignals:
+        from spacy.attrs import ORTH
         from spacy.util import filter_spans
 
         found: dict[str, list] = {label: [] for label in LABELS}
@@ -372,9 +388,11 @@ class Rules:
             found[label] += [doc[start:end] for _, start, end in matcher(doc)]
         if not any(found.values()):
             return EffortSignals(self.lang)
+        plain = self._uses_predicates(doc, ORTH)
         for label, veto in VETO.items():
             if found[label] and veto in self.vetoes:
-                found[veto] = [doc[start:end] for _, start, end in self.vetoes[veto](doc)]
+                flagged, predicates = self.vetoes[veto]
+                found[veto] = [doc[start:end] for _, start, end in (predicates if plain else flagged)(doc)]
         out = EffortSignals(self.lang)
         blocked = [(s.start, s.end) for s in found["not_wait"]]
         for span in filter_spans(found["duration"]):
@@ -568,6 +586,89 @@ def _required(pattern: list[dict]) -> list[tuple[str, Any]]:
 @lru_cache(maxsize=65536)
 def _fold_cached(s: str) -> str:
     return _fold(s)
+
+
+class _WordFlags:
+    """Word classes ({IN: [...]}, {REGEX: ...} on NORM) as spaCy lexeme flags.
+
+    Why: the Matcher tests IN and REGEX in Python for every token of every candidate doc (a
+    third of the effort step); a lexeme flag is computed once per word of the vocabulary and
+    tested in C. A flag is computed from the lexeme's NORM. A token made by a tokenizer
+    exception can carry a NORM of its own (English "n't" -> "not", "10am" -> "am" read
+    "a.m."); the orths where that changes a flag are `ambiguous_orths`, and docs holding one
+    go through the predicate Matchers, so matches are the same either way
+    (tests/test_effort.py compares both on every shipped text)."""
+
+    FIRST, LAST = 19, 63  # spaCy's free flag attributes FLAG19..FLAG63
+
+    def __init__(self, nlp, patterns: Iterable[list[dict]]) -> None:
+        self.nlp = nlp
+        # Lexemes made before `fold` became the NORM getter (the tokenizer exceptions') keep
+        # the norm they were made with.
+        self.norms = {lex.orth_: lex.norm_ for lex in nlp.vocab}
+        self.ids: dict[tuple[str, Any], int] = {}
+        self.tests: dict[int, Any] = {}
+        # 45 flags for more word classes than that: first to the classes that start patterns
+        # (tested at every token of a doc), then to the most used.
+        uses: dict[tuple[str, Any], list[int]] = {}
+        for pat in patterns:
+            for pos, t in enumerate(pat):
+                key = self._key(t.get("NORM"))
+                if key is not None:
+                    n = uses.setdefault(key, [0, 0])
+                    n[0] += pos == 0
+                    n[1] += 1
+        for key in sorted(uses, key=lambda k: (-uses[k][0], -uses[k][1]))[:self.LAST - self.FIRST + 1]:
+            self._add(key)
+
+    def _norm(self, orth: str) -> str:
+        norm = self.norms.get(orth)
+        return fold(orth) if norm is None else norm
+
+    @staticmethod
+    def _key(spec: Any) -> tuple[str, Any] | None:
+        if not isinstance(spec, dict) or len(spec) != 1:
+            return None
+        (kind, value), = spec.items()
+        if kind == "IN" and isinstance(value, list):
+            return ("IN", frozenset(value))
+        if kind == "REGEX" and isinstance(value, str):
+            return ("REGEX", value)
+        return None
+
+    def _add(self, key: tuple[str, Any]) -> None:
+        kind, value = key
+        if kind == "IN":
+            test = value.__contains__
+        else:
+            rx = _spec_re(value)
+            test = lambda norm, rx=rx: rx.search(norm) is not None  # noqa: E731
+        fid = self.FIRST + len(self.ids)
+        self.nlp.vocab.add_flag(lambda orth, test=test: bool(test(self._norm(orth))), flag_id=fid)
+        self.ids[key], self.tests[fid] = fid, test
+
+    def token(self, t: dict) -> dict:
+        """A compiled token pattern with its NORM word class replaced by its flag, if it has one."""
+        fid = self.ids.get(self._key(t.get("NORM")))  # type: ignore[arg-type]
+        if fid is None:
+            return t
+        return {**{k: v for k, v in t.items() if k != "NORM"}, f"FLAG{fid}": True}
+
+    def ambiguous_orths(self) -> frozenset[int]:
+        """ORTH hashes of the exception tokens whose own NORM gives another flag value than
+        their lexeme's."""
+        from spacy.attrs import NORM, ORTH
+
+        out = set()
+        for tokens in self.nlp.tokenizer.rules.values():
+            for t in tokens:
+                norm, orth = t.get(NORM), t.get(ORTH)
+                if norm is None or orth is None:
+                    continue
+                base = self._norm(orth)
+                if any(bool(test(norm)) != bool(test(base)) for test in self.tests.values()):
+                    out.add(self.nlp.vocab.strings.add(orth))
+        return frozenset(out)
 
 
 def _token(tok: Any, classes: dict[str, dict], where: str) -> dict:

@@ -364,8 +364,62 @@ def test_effort_prefilter_never_changes_results(monkeypatch):
     for lang, batch in texts.items():
         rules = rules_for(lang)
         filtered = [rules.extract_doc(d) for d in rules.docs(batch)]
-        monkeypatch.setattr(rules, "candidate_groups", lambda doc, r=rules: [(lb, m) for lb, _, m in r._groups])
+        monkeypatch.setattr(rules, "candidate_groups", lambda doc, r=rules: [(lb, f) for lb, _, f, _p in r._groups])
         forced = [rules.extract_doc(d) for d in rules.docs(batch)]
         monkeypatch.undo()
         assert filtered == forced
         assert any(s.durations for s in filtered)
+
+
+def _shipped_texts(lang: str) -> list[str]:
+    """Every shipped text of a language (seed, effort test set), and every example text."""
+    import json
+
+    from feedback_nlp.config import project_root
+
+    root = project_root() / "corpora"
+    texts = pd.read_csv(root / "seed" / f"{lang}.csv")["text"].astype(str).tolist()
+    texts += [json.loads(line)["text"] for line in (root / "effort_test" / f"{lang}.jsonl").read_text("utf-8").splitlines()]
+    for path in sorted((root / "examples").iterdir()):
+        if path.suffix == ".csv":
+            texts += pd.read_csv(path)["text"].dropna().astype(str).tolist()
+        elif path.suffix == ".jsonl":
+            for line in path.read_text("utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("text"), str):
+                    texts.append(row["text"])
+    return texts
+
+
+@pytest.mark.parametrize("lang", ["it", "pt", "en", "es", "fr", "de"])
+def test_effort_word_flags_match_like_the_predicates(lang, monkeypatch):
+    """Word classes run as lexeme flags; the predicate Matchers (spaCy's IN and REGEX) are the
+    reference, and must find the same signals on every shipped text."""
+    rules = rules_for(lang)
+    assert rules.word_flags > 10  # the flags are in use
+    texts = _shipped_texts(lang)
+    docs = list(rules.docs(texts))
+    flagged = [rules.extract_doc(d) for d in docs]
+    monkeypatch.setattr(rules, "use_flags", False)
+    reference = [rules.extract_doc(d) for d in docs]
+    assert flagged == reference
+    assert sum(bool(s.durations or s.repeats or s.transfers or s.unresolved) for s in flagged) > 50
+
+
+def test_effort_exception_norms_send_a_doc_to_the_predicates(monkeypatch):
+    """English "can't" is "ca" + "n't" with the exception norms "can" and "not": flags computed
+    from the lexemes "ca" and "n't" miss the word classes holding "can" and "not", so such a doc
+    goes through the predicate Matchers."""
+    from spacy.attrs import ORTH
+
+    rules = rules_for("en")
+    text = "Exit fees should be illegal when the provider can't even deliver the speed it promised."
+    doc = next(rules.docs([text]))
+    assert rules._uses_predicates(doc, ORTH)
+    assert not rules._uses_predicates(next(rules.docs(["I waited 40 minutes on hold."])), ORTH)
+    assert [m.text for m in rules.extract_doc(doc).unresolved] == ["can't even deliver"]
+    monkeypatch.setattr(rules, "_ambiguous", frozenset())  # flags alone: the mention is lost
+    assert rules.extract_doc(doc).unresolved == []
