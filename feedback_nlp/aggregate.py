@@ -75,7 +75,8 @@ class Accumulator:
         self._quotes: pd.DataFrame | None = None
         self._neg_units: list[pd.DataFrame] = []
         self._neg_emb: list[np.ndarray] = []
-        self._neg_seen = 0
+        self._neg_keys: list[np.ndarray] = []
+        self._neg_cut: float | None = None  # once the sample is full, a unit's key must be below this
         self._rng = np.random.default_rng(seed)
         self._drivers = pd.DataFrame()
         self._effort = pd.DataFrame()
@@ -107,30 +108,43 @@ class Accumulator:
             self._sample_negative(units, embeddings)
 
     def _sample_negative(self, units: pd.DataFrame, embeddings: np.ndarray) -> None:
-        """Reservoir-style cap: keep at most `max_negative_units`, uniformly over the run."""
+        """A uniform sample of at most `max_negative_units` over the whole run: every negative
+        unit draws a random key and the sample is the units with the smallest keys (bottom-k).
+        Once the sample is full a unit enters only under the current cut, and what is kept is
+        cut back to the smallest keys only when it holds half as many again, so each unit is
+        copied a bounded number of times however long the run (thinning at every chunk copied
+        the whole sample each time: 4 s of a 100,000-item run)."""
         mask = ((units["sentiment"] == "negative") & (units["stage"] != UNASSIGNED)).to_numpy()
         if not mask.any():
             return
         idx = np.flatnonzero(mask)
-        self._neg_seen += len(idx)
-        kept = sum(len(u) for u in self._neg_units)
-        room = self.max_negative_units - kept
-        if room < len(idx):
-            keep_p = self.max_negative_units / self._neg_seen
-            idx = idx[self._rng.random(len(idx)) < keep_p]
-            if len(idx) > room:  # make room by thinning what is kept
-                self._thin(kept + len(idx) - self.max_negative_units)
+        keys = self._rng.random(len(idx))
+        if self._neg_cut is not None:
+            keep = keys < self._neg_cut
+            idx, keys = idx[keep], keys[keep]
+            if not len(idx):
+                return
         self._neg_units.append(units.iloc[idx].reset_index(drop=True))
         self._neg_emb.append(np.asarray(embeddings)[idx])
+        self._neg_keys.append(keys)
+        if sum(len(k) for k in self._neg_keys) > self.max_negative_units * 3 // 2:
+            self._cut_negative()
 
-    def _thin(self, n_drop: int) -> None:
+    def _cut_negative(self) -> None:
+        """Keep the `max_negative_units` smallest keys, in arrival order."""
+        keys = np.concatenate(self._neg_keys) if self._neg_keys else np.zeros(0)
+        if len(keys) <= self.max_negative_units:
+            return
+        keep = np.sort(np.argpartition(keys, self.max_negative_units - 1)[:self.max_negative_units])
+        self._neg_cut = float(keys[keep].max())
         units = pd.concat(self._neg_units, ignore_index=True)
-        emb = np.vstack(self._neg_emb)
-        keep = np.sort(self._rng.choice(len(units), size=max(0, len(units) - n_drop), replace=False))
-        self._neg_units, self._neg_emb = [units.iloc[keep].reset_index(drop=True)], [emb[keep]]
+        self._neg_units = [units.iloc[keep].reset_index(drop=True)]
+        self._neg_emb = [np.vstack(self._neg_emb)[keep]]
+        self._neg_keys = [keys[keep]]
 
     def finish(self) -> Aggregates:
         s = self.settings
+        self._cut_negative()
         table = score_table(self._partial if len(self._partial) else combine([]),
                             self._tp_partial if len(self._tp_partial) else combine([], TP_KEYS),
                             prior_strength=s.prior_strength, interval_level=s.interval_level,
