@@ -279,7 +279,8 @@ class Model:
             if self._folded is None:
                 self._folded = tuple(None if h is None else _fold(h, self.features.normalization_)
                                      for h in (self.stage, self.sentiment, self.touchpoints))
-            F = self.features.kernel(self.adapt(embeddings))
+            # float64 once here, not in each head's input check (three copies of units x m)
+            F = self.features.kernel(self.adapt(embeddings)).astype(np.float64)
             heads = self._folded
         return tuple(None if h is None else h.predict_proba(F) for h in heads)  # type: ignore[return-value]
 
