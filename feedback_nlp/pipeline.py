@@ -3,7 +3,7 @@ embed -> classify -> score -> merge -> write.
 
 `process_chunk` is a pure function of a chunk of items (given loaded models), so a distributed
 engine can map it over partitions; `run_batch` streams chunks through it (in worker processes,
-workers.py, from `workers_min_chunks` chunks on), keeps only running sums, and writes every
+workers.py, from `workers_min_chunks` x `chunk_size` rows on), keeps only running sums, and writes every
 output into a temporary folder that replaces `out_dir` at the very end, so a failed run leaves
 no half-written output.
 """
@@ -233,6 +233,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
                                          prototypes, tp_prototypes), per_worker) if n_workers else None
     order: deque = deque()  # quarantine rows of the read, per chunk submitted to the pool, in order
     held: list = []         # chunks read before the workers start: a small input never starts them
+    held_rows = 0           # rows, not chunks: a dump of many small files makes many short chunks
     empty_units = None
 
     def finish(units: pd.DataFrame, emb: np.ndarray, empty_q: pd.DataFrame, read_q: tuple) -> None:
@@ -275,7 +276,8 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
                     in_process(items, read_q)
                     continue
                 held.append((items, read_q))
-                if not order and len(held) < settings.workers_min_chunks:
+                held_rows += len(raw) + len(bad)
+                if not order and held_rows < settings.workers_min_chunks * settings.chunk_size:
                     continue  # not started yet (once started, `order` is never empty until the end)
                 if not order:
                     bar.set_description(f"{n_workers} workers")

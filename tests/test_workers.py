@@ -54,6 +54,17 @@ def test_small_input_never_starts_workers(tmp_path, settings, columns, journey, 
     assert res.steps.seconds["embed"] > 0
 
 
+def test_workers_wait_for_enough_rows_not_enough_chunks(tmp_path, settings, columns, journey, model, embedder):
+    """Two files of 181 and 120 lines make four chunks of at most 100 rows: fewer rows than
+    four full chunks, so no worker starts."""
+    social = SURVEYS.parent / "social.jsonl"
+    out = tmp_path / "out"
+    res = run_batch([SURVEYS, social], journey=journey, columns=columns, model=model, embedder=embedder, out_dir=out,
+                    settings=settings.replace(chunk_size=100, workers=2, threads=2, workers_min_chunks=4), quiet=True)
+    assert res.workers == 0
+    assert res.counts.rows_read < 400
+
+
 class DyingArgs:
     """Embedder args whose build kills the worker process, as the kernel's OOM killer would."""
 
