@@ -113,7 +113,7 @@ class Accumulator:
         Once the sample is full a unit enters only under the current cut, and what is kept is
         cut back to the smallest keys only when it holds half as many again, so each unit is
         copied a bounded number of times however long the run (thinning at every chunk copied
-        the whole sample each time: 4 s of a 100,000-item run)."""
+        the whole sample each time: 1.7 s of a 100,000-item run against 0.3 s)."""
         mask = ((units["sentiment"] == "negative") & (units["stage"] != UNASSIGNED)).to_numpy()
         if not mask.any():
             return

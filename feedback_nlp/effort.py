@@ -591,8 +591,8 @@ def _fold_cached(s: str) -> str:
 class _WordFlags:
     """Word classes ({IN: [...]}, {REGEX: ...} on NORM) as spaCy lexeme flags.
 
-    Why: the Matcher tests IN and REGEX in Python for every token of every candidate doc (a
-    third of the effort step); a lexeme flag is computed once per word of the vocabulary and
+    Why: the Matcher tests IN and REGEX in Python for every token of every candidate doc (about
+    a quarter of the effort step); a lexeme flag is computed once per word of the vocabulary and
     tested in C. A flag is computed from the lexeme's NORM. A token made by a tokenizer
     exception can carry a NORM of its own (English "n't" -> "not", "10am" -> "am" read
     "a.m."); the orths where that changes a flag are `ambiguous_orths`, and docs holding one
