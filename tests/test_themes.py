@@ -174,3 +174,27 @@ def test_themes_keywords_keep_one_spelling_of_a_word_across_languages():
     kw = class_tfidf([cls, other], min_doc_freq=1, top_n=4)[0]
     assert len({"fattura", "factura", "fatura"} & set(kw)) == 1
     assert len({"novembre", "noviembre"} & set(kw)) == 1 and "taxa" in kw
+
+
+def test_themes_cluster_cuts_the_tree_sklearn_cuts_on_cosine_distance():
+    """`cluster` hands AgglomerativeClustering precomputed distances (faster than its pdist):
+    the labels must be those of `metric="cosine"` on the same rows."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    from feedback_nlp.themes import cluster
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(12, 64))
+    x = np.repeat(centres, 40, axis=0) + rng.normal(scale=0.9, size=(480, 64))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for threshold in (0.5, 0.7, 0.9, 1.0):  # 43, 12, 10 and 3 clusters
+        ours = cluster(x, distance_threshold=threshold, max_units=1000)
+        ref = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
+                                      distance_threshold=threshold).fit_predict(x)
+        assert 1 < ours.max() + 1 < len(x)
+        assert ours.tolist() == ref.tolist()
+    # A unit exactly on the mean direction is a zero row once centred: 1 from everything
+    # (sklearn's cosine would give nan), so it ends alone or in "other", never an error.
+    x[5] = 0.0
+    labels = cluster(x, distance_threshold=0.9, max_units=1000)
+    assert (labels == labels[5]).sum() == 1
