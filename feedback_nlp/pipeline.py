@@ -235,6 +235,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     held: list = []         # chunks read before the workers start: a small input never starts them
     held_rows = 0           # rows, not chunks: a dump of many small files makes many short chunks
     empty_units = None
+    warmer = _Warmer()
 
     def finish(units: pd.DataFrame, emb: np.ndarray, empty_q: pd.DataFrame, read_q: tuple) -> None:
         nonlocal empty_units
@@ -257,6 +258,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
 
     def collect() -> None:
         units, emb, empty_q, chunk_clock = pool.next()
+        warmer.add(units["lang"].unique() if len(units) else ())
         clock.merge(chunk_clock)
         bar.total = (bar.total or 0) + len(units)
         bar.update(len(units))
@@ -294,6 +296,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
         used_workers = n_workers if pool is not None and pool.started else 0
         if pool is not None:
             pool.close()
+        warmer.close()
         bar.close()
         out.close(empty_units if empty_units is not None else pd.DataFrame())
         agg = acc.finish()
@@ -315,12 +318,41 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
         jm = write_outputs(out, journey, agg, run)
         out.commit()
     except BaseException:
+        warmer.close(abort=True)
         if pool is not None:
             pool.close(abort=True)
         bar.close()
         out.abort()
         raise
     return RunResult(Path(out_dir), jm, agg.scores, agg.counts, used_workers, clock)
+
+
+class _Warmer:
+    """Loads the themes step's language resources (`themes.warm_up`) in one thread, as the
+    workers' chunks bring new languages, while the main process waits for them; `close` waits
+    for it. A failure here is left for the themes step itself to raise."""
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+        self._seen: set[str] = set()
+
+    def add(self, langs: Iterable[Any]) -> None:
+        new = {str(v) for v in langs} - self._seen
+        if not new:
+            return
+        self._seen |= new
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="themes-warm-up")
+        from feedback_nlp.themes import warm_up
+
+        self._pool.submit(warm_up, new)
+
+    def close(self, abort: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=abort)
+            self._pool = None
 
 
 def stage_prototypes(journey: JourneyMap, model: Model, embedder: EmbedderLike,

@@ -62,3 +62,28 @@ def test_pipeline_a_case_note_counts_for_each_stage_it_covers(tmp_path, settings
     assert units["stage"].tolist() == ["delivery", "billing"]
     assert units["source"].tolist() == ["case_note", "case_note"]
 
+
+
+def test_themes_resources_load_in_one_thread_once_per_language(monkeypatch):
+    """With workers, the main process loads the themes step's tokenisers and lemma tables while
+    it waits (pipeline._Warmer), each language once, and waits for them before the themes."""
+    import threading
+    import time
+
+    from feedback_nlp import themes
+    from feedback_nlp.pipeline import _Warmer
+
+    calls = []
+
+    def slow_warm_up(langs):
+        time.sleep(0.2)
+        calls.append((threading.current_thread().name, sorted(langs)))
+
+    monkeypatch.setattr(themes, "warm_up", slow_warm_up)
+    warmer = _Warmer()
+    warmer.add(["it", "en"])
+    warmer.add(["en"])
+    warmer.add(["pt", "it"])
+    warmer.close()  # waits for both
+    assert [langs for _, langs in calls] == [["en", "it"], ["pt"]]
+    assert all(name.startswith("themes-warm-up") for name, _ in calls)
