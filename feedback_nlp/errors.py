@@ -18,7 +18,13 @@ class FeedbackError(Exception):
 
     def __init__(self, code: str, message: str) -> None:
         self.code = code
+        self.message = message
         super().__init__(f"[{code}] {message}")
+
+    def __reduce__(self) -> tuple:
+        # Pickled by a worker process (workers.py): without this, unpickling calls __init__ with
+        # the one formatted argument and the main process would report a dead worker instead.
+        return type(self), (self.code, self.message)
 
 
 class InputError(FeedbackError):

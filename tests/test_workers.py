@@ -100,6 +100,34 @@ def test_a_dead_worker_stops_the_run_with_E910_and_writes_nothing(tmp_path, sett
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+class FailingArgs:
+    """Embedder args whose build fails as a model that cannot be loaded offline does."""
+
+    def build(self, threads: int):
+        raise FeedbackError("E201", "embedder 'x' could not be loaded offline: no such file")
+
+
+class FailingInWorkers(DyingInWorkers):
+    def __init__(self, real) -> None:
+        super().__init__(real)
+        self.args = FailingArgs()
+
+
+def test_an_error_in_a_worker_reaches_the_main_process_with_its_code(tmp_path, settings, columns, journey, model,
+                                                                     embedder):
+    import pickle
+
+    from feedback_nlp.errors import InputError
+
+    again = pickle.loads(pickle.dumps(InputError("E200", "bad embedder")))
+    assert type(again) is InputError and again.code == "E200" and str(again) == "[E200] bad embedder"
+    with pytest.raises(FeedbackError, match="E201") as caught:
+        _run(tmp_path, "out", settings, columns, journey, model, FailingInWorkers(embedder), chunk_size=25,
+             workers=2, workers_min_chunks=2)
+    assert caught.value.code == "E201" and "could not be loaded offline" in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_resolve_workers():
     assert resolve_workers("auto", threads=2, cpu_count=2) == 2
     assert resolve_workers("auto", threads=2, cpu_count=16) == 2
