@@ -289,8 +289,10 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
                 held.clear()
                 while pool.full():
                     collect()
-        for chunk in held:
-            in_process(*chunk)
+        for chunk_items, chunk_q in held:  # a small input, read whole: the bar names each chunk's file
+            if len(chunk_items):
+                bar.set_description(Path(str(chunk_items["source_file"].iloc[0])).name)
+            in_process(chunk_items, chunk_q)
         while order:
             collect()
         used_workers = n_workers if pool is not None and pool.started else 0
