@@ -294,6 +294,9 @@ class Settings:
     min_unit_words: int = 4
     stage_min_confidence: float = 0.45
     touchpoint_min_probability: float = 0.5
+    feedback_min_probability: float = 0.5
+    label_shift: tuple[str, ...] = ("feedback", "sentiment")
+    label_shift_min_units: int = 300
     zero_shot_temperature: float = 0.05
     touchpoint_zero_shot_min_cosine: float = 0.2
     prior_strength: float = 30.0
@@ -331,6 +334,9 @@ class Settings:
             ("language_low_accuracy_min_chars", self.language_low_accuracy_min_chars >= 0),
             ("stage_min_confidence", 0 <= self.stage_min_confidence <= 1),
             ("touchpoint_min_probability", 0 < self.touchpoint_min_probability <= 1),
+            ("feedback_min_probability", 0 <= self.feedback_min_probability <= 1),
+            ("label_shift", set(self.label_shift) <= {"feedback", "sentiment"}),
+            ("label_shift_min_units", self.label_shift_min_units >= 1),
             ("zero_shot_temperature", self.zero_shot_temperature > 0),
             ("prior_strength", self.prior_strength >= 0),
             ("interval_level", 0 < self.interval_level < 1),
@@ -400,7 +406,7 @@ def _replace(obj: Any, changes: dict[str, Any]) -> Any:
 
 def load_settings(path: str | Path | None = None) -> Settings:
     return _load_settings_file(Settings, path, "configs/run.yaml", "run settings",
-                               tuples=("languages", "detect_languages"))
+                               tuples=("languages", "detect_languages", "label_shift"))
 
 
 FINE_TUNE_MODES = ("auto", "adapter", "encoder")

@@ -523,6 +523,7 @@ def _backfill(st: Store, run_id: int, *, settings: Settings, journey: JourneyMap
         out = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
                              stage_min_confidence=settings.stage_min_confidence,
                              touchpoint_min_probability=settings.touchpoint_min_probability,
+                             feedback_min_probability=settings.feedback_min_probability,
                              prototypes=prototypes.stages, touchpoint_prototypes=prototypes.touchpoints)
         out["content_hash"] = todo["content_hash"].to_numpy()
         st.write_predictions(out, cached.pending, embedder_id=embedder.id, pred_key=pred_key, run_id=run_id)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from feedback_nlp import __version__
 from feedback_nlp.aggregate import Accumulator, Aggregates, Counts
-from feedback_nlp.classify import Model, classify_chunk
+from feedback_nlp.classify import Model, classify_chunk, label_units
 from feedback_nlp.clean import clean_chunk, clean_text, has_content
 from feedback_nlp.config import ColumnMap, JourneyMap, Settings
 from feedback_nlp.errors import Reason
@@ -36,6 +36,8 @@ from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarant
 from feedback_nlp.records import QUARANTINED
 from feedback_nlp.effort import effort_chunk
 from feedback_nlp.segment import segment_chunk
+from feedback_nlp.shift import PriorSample, Priors, estimate, train_priors
+from feedback_nlp.shift import apply as apply_priors
 from feedback_nlp.workers import ChunkJob, ChunkPool, can_spawn, resolve_workers, threads_per_worker
 from feedback_nlp.zeroshot import (StagePrototypes, TouchpointPrototypes, build_prototypes,
                                    build_touchpoint_prototypes)
@@ -112,6 +114,7 @@ def embed_and_classify(units: pd.DataFrame, *, settings: Settings, journey: Jour
         units = classify_chunk(units, emb, model, stage_ids=journey.stage_ids,
                                stage_min_confidence=settings.stage_min_confidence,
                                touchpoint_min_probability=settings.touchpoint_min_probability,
+                               feedback_min_probability=settings.feedback_min_probability,
                                prototypes=prototypes, touchpoint_prototypes=touchpoint_prototypes)
     return units, emb
 
@@ -236,6 +239,8 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     held_rows = 0           # rows, not chunks: a dump of many small files makes many short chunks
     empty_units = None
     warmer = _Warmer()
+    shift = ShiftPass(out.tmp, settings, model, chunk_size=settings.chunk_size,
+                      max_candidates=2 * acc.max_negative_units) if settings.label_shift else None
 
     def finish(units: pd.DataFrame, emb: np.ndarray, empty_q: pd.DataFrame, read_q: tuple) -> None:
         nonlocal empty_units
@@ -243,10 +248,14 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
         if len(q):
             out.quarantine(q)
             acc.counts.add_quarantine(q)
-        if len(units):
+        if not len(units):
+            if empty_units is None:
+                empty_units = units
+        elif shift is not None:
+            shift.add(units, emb)
+            return
+        else:
             out.units(units)
-        elif empty_units is None:
-            empty_units = units
         acc.add(units, emb)
 
     def in_process(items: pd.DataFrame, read_q: tuple) -> None:
@@ -300,6 +309,13 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
             pool.close()
         warmer.close()
         bar.close()
+        priors = Priors()
+        if shift is not None:  # every unit is known: estimate the run's class mix, then label and sum
+            priors = shift.estimate()
+            for units, emb, embedded in shift.replay(priors, stage_ids=journey.stage_ids):
+                out.units(units)
+                acc.add(units, emb, embedded=embedded)
+            shift.close()
         out.close(empty_units if empty_units is not None else pd.DataFrame())
         agg = acc.finish()
         run = {
@@ -314,6 +330,7 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
             "zero_shot_touchpoints": list(tp_prototypes.ids) if tp_prototypes else [],
             "settings": settings.to_dict(),
             "counts": agg.counts.__dict__,
+            "label_shift": priors.to_dict() if priors else None,
             "workers": used_workers,
             "step_seconds": {k: round(v, 2) for k, v in clock.seconds.items()},  # summed over workers
         }
@@ -323,10 +340,115 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
         warmer.close(abort=True)
         if pool is not None:
             pool.close(abort=True)
+        if shift is not None:
+            shift.close()
         bar.close()
         out.abort()
         raise
     return RunResult(Path(out_dir), jm, agg.scores, agg.counts, used_workers, clock)
+
+
+class ShiftPass:
+    """A run with label shift on labels its units twice: as chunks come back they are written,
+    with their raw probabilities, to a scratch Parquet file in the temporary output folder, and a
+    bounded sample of those probabilities is kept (shift.PriorSample); once every unit is known
+    the run's class priors are estimated, and `replay` reads the chunks back corrected and
+    relabelled for the real outputs and the sums. That second pass reads and writes Parquet
+    only: nothing is embedded or classified again.
+
+    Themes need the embeddings of negative units, but which units are negative is only known
+    after the correction; a uniform sample (bottom-k random keys) of at most `max_candidates`
+    units whose raw negative probability reaches `candidate_min_negative` keeps theirs, and the
+    Accumulator samples the run's negative units among those.
+    """
+
+    def __init__(self, folder: Path, settings: Settings, model: Model, *, chunk_size: int,
+                 max_candidates: int, candidate_min_negative: float = 0.1, seed: int = 0) -> None:
+        self.path = folder / ".units.raw.parquet"
+        self.settings = settings
+        self.trained = train_priors(model)
+        self.chunk_size = chunk_size
+        self.max_candidates = max_candidates
+        self.candidate_min_negative = candidate_min_negative
+        self.sample = PriorSample()
+        self._rng = np.random.default_rng(seed)
+        self._writer: Any = None
+        self._schema: Any = None
+        self._row = 0                                   # units written so far
+        self._cand_rows: list[np.ndarray] = []          # their row numbers in the scratch file
+        self._cand_keys: list[np.ndarray] = []
+        self._cand_emb: list[np.ndarray] = []
+
+    def add(self, units: pd.DataFrame, emb: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self._schema = pa.Schema.from_pandas(units, preserve_index=False)
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        self._writer.write_table(pa.Table.from_pandas(units, schema=self._schema, preserve_index=False))
+        self.sample.add(units)
+        idx = np.flatnonzero(units["p_negative"].to_numpy() >= self.candidate_min_negative)
+        if len(idx):
+            self._cand_rows.append(self._row + idx)
+            self._cand_keys.append(self._rng.random(len(idx)))
+            self._cand_emb.append(np.asarray(emb)[idx])
+            if sum(len(k) for k in self._cand_keys) > self.max_candidates * 3 // 2:
+                self._cut()
+        self._row += len(units)
+
+    def _cut(self) -> None:
+        keys = np.concatenate(self._cand_keys)
+        if len(keys) <= self.max_candidates:
+            return
+        keep = np.sort(np.argpartition(keys, self.max_candidates - 1)[:self.max_candidates])
+        self._cand_rows = [np.concatenate(self._cand_rows)[keep]]
+        self._cand_emb = [np.vstack(self._cand_emb)[keep]]
+        self._cand_keys = [keys[keep]]
+
+    def estimate(self) -> Priors:
+        s = self.settings
+        return estimate(self.sample.frame(), self.trained, heads=s.label_shift, min_units=s.label_shift_min_units,
+                        feedback_min_probability=s.feedback_min_probability)
+
+    def replay(self, priors: Priors, *, stage_ids: list[str]):
+        """(units corrected and relabelled, embeddings, which rows have one) per chunk, in order."""
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        self._cut()
+        rows = np.concatenate(self._cand_rows) if self._cand_rows else np.zeros(0, dtype=np.int64)
+        vecs = np.vstack(self._cand_emb) if self._cand_emb else np.zeros((0, 0), dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        rows, vecs = rows[order], vecs[order]
+        start = 0
+        s = self.settings
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.chunk_size):
+            units = batch.to_pandas()
+            stop = start + len(units)
+            lo, hi = np.searchsorted(rows, [start, stop])
+            emb = np.zeros((len(units), vecs.shape[1] if len(vecs) else 0), dtype=np.float32)
+            embedded = np.zeros(len(units), dtype=bool)
+            emb[rows[lo:hi] - start] = vecs[lo:hi]
+            embedded[rows[lo:hi] - start] = True
+            units = apply_priors(units, priors, self.trained, feedback_min_probability=s.feedback_min_probability)
+            units = label_units(units, stage_ids=stage_ids,
+                                stage_min_confidence=s.stage_min_confidence,
+                                feedback_min_probability=s.feedback_min_probability)
+            yield units, emb, embedded
+            start = stop
+
+    def close(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:
+                pass
+            self._writer = None
+        self.path.unlink(missing_ok=True)
 
 
 class _Warmer:
