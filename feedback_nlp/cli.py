@@ -355,6 +355,108 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
         click.echo(f"promoted {out.name} ({reason})")
 
 
+@main.command("build-model", context_settings=CONTEXT)
+@click.argument("recipe_path", metavar="RECIPE", default="configs/recipes/default.yaml", required=False)
+@click.option("--benchmarks", "benchmarks", type=click.Path(file_okay=False), default=None,
+              help="Folder holding the benchmark sets the recipe reads (default: $FEEDBACK_NLP_BENCHMARKS, else "
+                   "../shared/benchmarks beside the project). Read at training time, never copied.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Model folder to write (default: models/<recipe id>).")
+@click.option("--id", "model_id", default=None, help="Model id (default: the recipe's id).")
+@click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,
+              help="Journey map whose stages and touchpoints the heads learn (default: configs/run.yaml's).")
+@click.option("--promote/--no-promote", default=False, show_default=True,
+              help="Point models/CURRENT at the new model if it is not worse than the current one on the recipe's "
+                   "held-out rows (per source, head and language, within promote_tolerance).")
+@click.option("--force", is_flag=True, help="Promote even if the new model is worse.")
+@common_options
+@handle_errors
+def build_model(recipe_path: str, benchmarks: str | None, out_dir: str | None, model_id: str | None,
+                map_path: str | None, promote: bool, force: bool, config_path: str | None, columns_path: str | None,
+                column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
+    """Build a model from a training RECIPE (configs/recipes/*.yaml): the project's corpora plus
+    real labelled data written by others (UMSAB, Banking77, GermEval), read from the benchmarks
+    folder at training time.
+
+    Every row is embedded once; heads are fit on the rows the recipe does not hold out and
+    measured on the held-out rows (the model card's figures, per source), then refit on every row
+    the recipe ships. The card lists each source with its licence, the rows used and its weight;
+    the same recipe and data rebuild the same files. Exit codes: 0 ok, 1 failed, 2 bad recipe or
+    mapping, 3 the benchmarks folder (or a set in it) is missing.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from feedback_nlp import recipe as rcp
+    from feedback_nlp import registry
+    from feedback_nlp.config import load_journey_map, load_train_settings
+    from feedback_nlp.embed import Embedder
+    from feedback_nlp.errors import MissingDataError
+    from feedback_nlp.persist import POINTER, load_model, save_model
+    from feedback_nlp.sources import benchmarks_root
+
+    started = time.time()
+    settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
+    recipe = rcp.load_recipe(recipe_path)
+    root = benchmarks_root(benchmarks)
+    needs_benchmarks = any(s.reader in ("umsab", "banking77", "germeval") for s in recipe.sources.values())
+    if needs_benchmarks and not root.is_dir():
+        raise MissingDataError("E530", f"the benchmarks folder {root} does not exist. The recipe {recipe.path} "
+                               "reads real labelled data (UMSAB, Banking77, GermEval) at training time and never "
+                               "copies it into the repository; put it beside the project (../shared/benchmarks), or "
+                               "pass --benchmarks DIR or set FEEDBACK_NLP_BENCHMARKS")
+    journey = load_journey_map(map_path or settings.journey_map)
+    models_root = _models_root(settings.model)
+    out = Path(out_dir) if out_dir else models_root / (model_id or recipe.id)
+    if out.exists() and any(out.iterdir()):
+        raise FeedbackError("E510", f"{out} exists and is not empty; model versions are never overwritten")
+    emb = Embedder(embedder or recipe.embedder, threads=settings.threads)
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+
+    def encode(texts: list[str]) -> Any:
+        with tqdm(total=len(texts), unit="text", desc="embedding", file=sys.stderr, disable=quiet, leave=False) as bar:
+            return emb.encode(texts, batch_size=settings.embed_batch_size, progress=bar.update)
+
+    rows = rcp.load_rows(recipe, root, settings=settings, columns=columns, stage_ids=journey.stage_ids)
+    model, metrics = rcp.build(recipe, root, settings=settings, columns=columns, stage_ids=journey.stage_ids,
+                               tp_labels=[t.id for t in journey.touchpoints], encode=encode, embedder_id=emb.id,
+                               embedder_desc=emb.info.description, model_id=model_id or out.name, log=log, rows=rows)
+    md, js = rcp.recipe_card(model)
+    save_model(model, out, {"card.md": md, "card.json": js})
+    if not quiet:
+        for source, res in metrics.items():
+            figures = ", ".join(f"{h} macro-F1 {res[h]['macro_f1']:.3f}" for h in ("stage", "sentiment") if h in res)
+            fb = res.get("feedback")
+            if fb:
+                figures += (", " if figures else "") + f"judged feedback {fb['share_predicted']:.1%} (truly {fb['share_true']:.1%})"
+            click.echo(f"{source}: held out {res['rows']}: {figures}")
+        click.echo(f"model written to {out} in {time.time() - started:.0f} s")
+    if not promote:
+        return
+    current = registry.current_id(out.parent)
+    reason = "first version"
+    if current and current != out.name and not force:
+        old = load_model(out.parent / current)
+        if old.embedder_id != emb.id:
+            click.echo(f"not promoted: current {current} uses embedder {old.embedder_id}; compare by hand and use "
+                       "`feedback-nlp models promote` (or --force)", err=True)
+            return
+        held = rows["held_out"].to_numpy()
+        X_held = emb.encode(rows.loc[held, "text"].tolist(), batch_size=settings.embed_batch_size)
+        old_metrics = rcp.evaluate_rows(old, rows[held], X_held)
+        worse = registry.compare_sources(metrics, old_metrics, load_train_settings().promote_tolerance)
+        if worse:
+            click.echo(f"not promoted: worse than {current} on the same held-out rows: " + "; ".join(worse), err=True)
+            return
+        reason = "held-out macro-F1 per source not worse than " + current
+    elif force:
+        reason = "forced"
+    registry.promote(out.parent, out.name, reason)
+    if not quiet:
+        click.echo(f"promoted {out.name} ({reason})")
+
+
 @main.command(context_settings=CONTEXT)
 @click.option("--from", "run_dir", type=click.Path(exists=True, file_okay=False), required=True,
               help="Output folder of `run` or `score` (reads units.parquet).")

@@ -33,6 +33,13 @@ class InputError(FeedbackError):
     exit_code = 2
 
 
+class MissingDataError(FeedbackError):
+    """Data the command is built on is not on this machine (exit code 3): the benchmark sets a
+    training recipe reads at run time, which are never copied into the repository."""
+
+    exit_code = 3
+
+
 @contextmanager
 def sigterm_raises(code: str, message: str):
     """Inside: SIGTERM (systemd stop, a scheduler's timeout) raises FeedbackError(code) instead of

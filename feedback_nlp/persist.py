@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from feedback_nlp.classify import KernelMap, LinearHead, Model, MultiLabelHead
+from feedback_nlp.classify import KernelMap, LexicalMap, LinearHead, Model, MultiLabelHead
 from feedback_nlp.config import resolve
 from feedback_nlp.errors import FeedbackError, InputError
 
-FORMAT_VERSION = 1
+# 2: feedback and sentiment_other heads, head subclasses and training priors, a lexicon, kernel
+# maps saved folded (no normalisation). Version-1 folders (seed-v1, models trained before) load.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 CONFIG = "config.json"
 ARRAYS = "heads.npz"
 MANIFEST = "manifest.json"
@@ -43,7 +46,7 @@ def save_model(model: Model, folder: str | Path, extra_files: dict[str, str] | N
     folder.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     heads: dict[str, Any] = {}
-    for name in ("stage", "sentiment", "touchpoints"):
+    for name in Model.HEADS:
         head = getattr(model, name)
         if head is None:
             continue
@@ -55,11 +58,18 @@ def save_model(model: Model, folder: str | Path, extra_files: dict[str, str] | N
             "params": _head_params(head),
             "labels": [str(x) for x in labels],
         }
+        if getattr(head, "has_subclasses", False):
+            heads[name]["subclasses"] = [str(x) for x in head.subclasses_]
     features = None
     if model.features is not None:
         for key, arr in model.features.to_arrays().items():
             arrays[f"features.{key}"] = arr
         features = {"type": "KernelMap", "params": _head_params(model.features)}
+    lexicon = None
+    if model.lexicon is not None:
+        for key, arr in model.lexicon.to_arrays().items():
+            arrays[f"lexicon.{key}"] = arr
+        lexicon = {"type": "LexicalMap", "params": _head_params(model.lexicon)}
     adapter = None
     if model.adapter is not None:
         for key, arr in model.adapter.to_arrays().items():
@@ -84,6 +94,12 @@ def save_model(model: Model, folder: str | Path, extra_files: dict[str, str] | N
     }
     if adapter is not None:
         config["adapter"] = adapter
+    if lexicon is not None:
+        config["lexicon"] = lexicon
+    if model.stage_lexical is not None:
+        config["stage_lexical_weight"] = model.stage_lexical_weight
+    if model.calibration:
+        config["calibration"] = model.calibration
     if carried is not None:
         config["embedder_folder"] = carried
     (folder / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -123,9 +139,9 @@ def load_model(path: str | Path) -> Model:
             raise FeedbackError("E402", f"{folder}/{name}: checksum does not match {MANIFEST}; the model "
                                 "folder was changed or is incomplete")
     config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-    if config.get("format_version") != FORMAT_VERSION:
+    if config.get("format_version") not in READABLE_FORMATS:
         raise FeedbackError("E403", f"{folder}: model format {config.get('format_version')} is not "
-                            f"supported by this version (expects {FORMAT_VERSION})")
+                            f"supported by this version (reads {list(READABLE_FORMATS)})")
     with np.load(folder / ARRAYS, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     heads: dict[str, Any] = {}
@@ -134,11 +150,13 @@ def load_model(path: str | Path) -> Model:
         if cls is None:
             raise FeedbackError("E404", f"{folder}: unknown head type {spec['type']!r}")
         own = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
-        heads[name] = cls.from_arrays(spec["labels"], own, **spec["params"])
+        extra = {"subclasses": spec["subclasses"]} if spec.get("subclasses") else {}
+        heads[name] = cls.from_arrays(spec["labels"], own, **extra, **spec["params"])
     from feedback_nlp.finetune import ContrastiveAdapter
 
     features = _optional_part(folder, config, arrays, "features", KernelMap, "feature map")
     adapter = _optional_part(folder, config, arrays, "adapter", ContrastiveAdapter, "adapter")
+    lexicon = _optional_part(folder, config, arrays, "lexicon", LexicalMap, "lexicon")
     embedder_folder = None
     if config.get("embedder_folder"):
         carried = (folder / config["embedder_folder"]).resolve()
@@ -157,6 +175,12 @@ def load_model(path: str | Path) -> Model:
         meta=config.get("meta", {}),
         adapter=adapter,
         embedder_folder=embedder_folder,
+        feedback=heads.get("feedback"),
+        sentiment_other=heads.get("sentiment_other"),
+        lexicon=lexicon,
+        stage_lexical=heads.get("stage_lexical"),
+        stage_lexical_weight=float(config.get("stage_lexical_weight", 0.5)),
+        calibration=_calibration(folder, config.get("calibration") or {}),
     )
 
 
@@ -178,3 +202,16 @@ def embedder_spec(model: Model, configured: str, explicit: str | None = None) ->
     if model.embedder_folder and not explicit:
         return model.embedder_folder
     return configured
+
+
+def _calibration(folder: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A model's calibration block, checked: per head a temperature above 0 and optional biases."""
+    out = {}
+    for head, spec in raw.items():
+        if head not in Model.HEADS or not isinstance(spec, dict) or set(spec) - {"temperature", "bias"}:
+            raise FeedbackError("E404", f"{folder}: bad calibration entry for {head!r}: {spec!r}")
+        t = float(spec.get("temperature", 1.0))
+        if not t > 0:
+            raise FeedbackError("E404", f"{folder}: calibration temperature of {head!r} must be above 0, got {t}")
+        out[head] = {"temperature": t, **({"bias": [float(b) for b in spec["bias"]]} if spec.get("bias") else {})}
+    return out

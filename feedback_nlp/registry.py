@@ -118,10 +118,14 @@ def moves_table(diff: pd.DataFrame) -> pd.DataFrame:
     return t.rename(columns={"stage_a": "from", "stage_b": "to"}).sort_values("units", ascending=False)
 
 
-def compare(new: dict[str, Any], old: dict[str, Any], tolerance: float) -> list[str]:
-    """Reasons the new metrics are worse than the old beyond `tolerance` (empty: not worse)."""
+def compare(new: dict[str, Any], old: dict[str, Any], tolerance: float,
+            heads: tuple[str, ...] = ("stage", "sentiment")) -> list[str]:
+    """Reasons the new metrics are worse than the old beyond `tolerance` (empty: not worse);
+    a head missing from either side is not compared."""
     worse = []
-    for head in ("stage", "sentiment"):
+    for head in heads:
+        if head not in new or head not in old:
+            continue
         if new[head]["macro_f1"] < old[head]["macro_f1"] - tolerance:
             worse.append(f"{head} macro-F1 {new[head]['macro_f1']:.3f} < {old[head]['macro_f1']:.3f}")
         for lang, v in new[head]["per_language"].items():
@@ -133,3 +137,9 @@ def compare(new: dict[str, Any], old: dict[str, Any], tolerance: float) -> list[
 
 def same_arrays(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def compare_sources(new: dict[str, Any], old: dict[str, Any], tolerance: float) -> list[str]:
+    """`compare` per source of a recipe's held-out rows (recipe.evaluate_rows figures)."""
+    return [f"{source}: {w}" for source, res in new.items() if source in old
+            for w in compare(res, old[source], tolerance)]

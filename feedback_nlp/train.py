@@ -245,19 +245,23 @@ def reliability(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, bins
 def evaluate_model(model: Model, X: np.ndarray, df: pd.DataFrame, *, touchpoint_threshold: float = 0.5) -> dict[str, Any]:
     """Metrics of `model` on labelled rows `df` with embeddings `X`."""
     stage_labels = sorted(set(df["stage"]) | set(model.stage.classes_))
-    F = model.featurize(X)
+    probs = model.probabilities(X, df["text"].astype(str).tolist())
+    proba = {"stage": probs.stage, "sentiment": probs.sentiment}
+    pred = {h: getattr(model, h).classes_[proba[h].argmax(axis=1)] for h in proba}
     out = {
-        "stage": classification_metrics(df["stage"], model.stage.predict(F), df["lang"], stage_labels),
-        "sentiment": classification_metrics(df["sentiment"], model.sentiment.predict(F), df["lang"], list(SENTIMENTS)),
+        "stage": classification_metrics(df["stage"], pred["stage"], df["lang"], stage_labels),
+        "sentiment": classification_metrics(df["sentiment"], pred["sentiment"], df["lang"], list(SENTIMENTS)),
     }
     for head in ("stage", "sentiment"):
-        est = getattr(model, head)
-        out[head]["calibration"] = reliability(df[head].to_numpy(), est.predict_proba(F), est.classes_)
+        out[head]["calibration"] = reliability(df[head].to_numpy(), proba[head], getattr(model, head).classes_)
     if model.touchpoints is not None:
         labels = list(model.touchpoints.labels_)
         Y_true = touchpoint_matrix(df["touchpoints"], labels)
-        Y_pred = (model.touchpoints.predict_proba(F) >= touchpoint_threshold).astype(int)
+        Y_pred = (probs.touchpoints >= touchpoint_threshold).astype(int)
         out["touchpoints"] = multilabel_metrics(Y_true, Y_pred, labels)
+    if probs.feedback is not None:  # labelled rows are feedback: how many would be left out of scores
+        out["feedback"] = {"n": int(len(df)), "judged_not_feedback": int((probs.feedback < 0.5).sum()),
+                           "share_judged_not_feedback": float((probs.feedback < 0.5).mean()) if len(df) else 0.0}
     return out
 
 
