@@ -43,7 +43,7 @@ import pandas as pd
 
 from feedback_nlp import __version__
 from feedback_nlp.aggregate import Accumulator, Counts
-from feedback_nlp.classify import Model, classify_chunk
+from feedback_nlp.classify import Model, classify_chunk, label_units
 from feedback_nlp.config import JourneyMap, Settings
 from feedback_nlp.errors import FeedbackError, InputError
 from feedback_nlp.lock import RunLock, pid_alive
@@ -51,7 +51,9 @@ from feedback_nlp.pipeline import (EmbedderLike, Outputs, _progress_bar, process
                                    touchpoint_prototypes_for, write_outputs)
 from feedback_nlp.zeroshot import StagePrototypes, TouchpointPrototypes
 from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarantine_frame, read_raw_chunks
-from feedback_nlp.records import ITEM_CONTEXT, QUARANTINED, UNIT
+from feedback_nlp.records import ITEM_CONTEXT, QUARANTINED, UNASSIGNED, UNIT
+from feedback_nlp.shift import PriorSample, Priors, estimate, train_priors
+from feedback_nlp.shift import apply as apply_priors
 from feedback_nlp.report import md_escape
 from feedback_nlp.store import Store, content_hashes, file_sha256, normalise_unit_text, text_hash
 from feedback_nlp import trends as tr
@@ -327,19 +329,45 @@ def _run(files: list[Path], st: Store, run_id: int, inputs_info: list[dict], *, 
         t0 = time.perf_counter()
         latest = as_of if as_of is not None else st.latest_created_at()
         cur_w, prev_w = tr.windows(period, latest) if latest is not None else (None, None)
+        windows = {"current": cur_w, "previous": prev_w}
+        priors = scope_priors(st, pred_key, settings, model, windows) if settings.label_shift else {}
+        trained = train_priors(model)
+
+        def relabel(units: pd.DataFrame, scope: str = "all") -> pd.DataFrame:
+            units = units.copy()
+            if priors.get(scope):
+                apply_priors(units, priors[scope], trained, feedback_min_probability=settings.feedback_min_probability,
+                             feedback_sources=settings.feedback_sources)
+            return label_units(units, stage_ids=journey.stage_ids, stage_min_confidence=settings.stage_min_confidence,
+                               feedback_min_probability=settings.feedback_min_probability,
+                               feedback_sources=settings.feedback_sources)
+
+        def needs_embedding(units: pd.DataFrame) -> np.ndarray:
+            """Negative, assigned feedback units in any scope's labels: the themes samples."""
+            need = np.zeros(len(units), dtype=bool)
+            for scope in {"all", *(k for k, w in windows.items() if w is not None)}:
+                u = units if scope == "all" else relabel(units, scope)
+                need |= ((u["sentiment"] == "negative") & (u["stage"] != UNASSIGNED) & u["feedback"]).to_numpy()
+            return need
+
         acc = {"all": Accumulator(settings), "current": Accumulator(settings), "previous": Accumulator(settings)}
         empty_units = None
-        for units, emb in st.scored_units(pred_key, chunk_size=settings.chunk_size, embedder_id=embedder.id):
+        # the stored rows are raw predictions: relabel("all") is the all-time scope's correction
+        for units, emb in st.scored_units(pred_key, chunk_size=settings.chunk_size, embedder_id=embedder.id,
+                                          relabel=relabel, needs_embedding=needs_embedding):
             if empty_units is None:
                 empty_units = units.iloc[:0]
             out.units(units)
             acc["all"].add(units, emb)
-            for name, w in (("current", cur_w), ("previous", prev_w)):
+            for name, w in windows.items():
                 if w is None:
                     continue
                 m = w.contains(units["created_at"])
                 if m.any():
-                    acc[name].add(units[m].reset_index(drop=True), None if emb is None else emb[m])
+                    part = units[m].reset_index(drop=True)
+                    if priors.get(name) is not priors.get("all"):
+                        part = relabel(part, name)
+                    acc[name].add(part, None if emb is None else emb[m])
         out.close(empty_units if empty_units is not None else _empty_units())
         aggs = {k: a.finish() for k, a in acc.items()}
         stats.time("aggregate", time.perf_counter() - t0)
@@ -370,6 +398,7 @@ def _run(files: list[Path], st: Store, run_id: int, inputs_info: list[dict], *, 
             "period": {"kind": period, "current": cur_w.to_dict() if cur_w else None,
                        "previous": prev_w.to_dict() if prev_w else None},
             "counts": _map_counts(aggs["all"].counts, read),
+            "label_shift": priors["all"].to_dict() if priors.get("all") else None,
             "this_run": {**_read_counts(read), **asdict(stats)},
             "flags": lines,
             "outputs_key": key,
@@ -379,7 +408,8 @@ def _run(files: list[Path], st: Store, run_id: int, inputs_info: list[dict], *, 
         _add_trend_section(out.tmp / "summary.md", lines, cur_w, prev_w)
         sub = Outputs(out.tmp / period, write_csv=False)
         run_p = {**run, "scope": f"{period} {cur_w.label}" if cur_w else f"{period} (no dated items)",
-                 "counts": _map_counts(aggs["current"].counts, read)}
+                 "counts": _map_counts(aggs["current"].counts, read),
+                 "label_shift": priors["current"].to_dict() if priors.get("current") else None}
         write_outputs(sub, journey, aggs["current"], run_p, decorate=decorate, previous=aggs["previous"])
         trend.to_csv(sub.tmp / "trends.csv", index=False)
         _add_trend_section(sub.tmp / "summary.md", lines, cur_w, prev_w)
@@ -524,15 +554,42 @@ def _backfill(st: Store, run_id: int, *, settings: Settings, journey: JourneyMap
                              stage_min_confidence=settings.stage_min_confidence,
                              touchpoint_min_probability=settings.touchpoint_min_probability,
                              feedback_min_probability=settings.feedback_min_probability,
+                             feedback_sources=settings.feedback_sources,
                              prototypes=prototypes.stages, touchpoint_prototypes=prototypes.touchpoints)
         out["content_hash"] = todo["content_hash"].to_numpy()
         st.write_predictions(out, cached.pending, embedder_id=embedder.id, pred_key=pred_key, run_id=run_id)
         stats.units_reclassified += len(out)
 
 
+def scope_priors(st: Store, pred_key: str, settings: Settings, model: Model,
+                 windows: dict[str, Any]) -> dict[str, Priors]:
+    """Label-shift priors for the all-time map and for each period's map, each from its own
+    units (one read of the stored probabilities). A period with fewer than
+    `label_shift_min_units` units uses the all-time priors: a quiet day says little about its mix."""
+    samples = {"all": PriorSample(), **{k: PriorSample() for k, w in windows.items() if w is not None}}
+    for units, _ in st.scored_units(pred_key, chunk_size=settings.chunk_size):
+        samples["all"].add(units)
+        for name, w in windows.items():
+            if w is not None:
+                m = w.contains(units["created_at"])
+                if m.any():
+                    samples[name].add(units[m])
+    trained = train_priors(model)
+    out: dict[str, Priors] = {}
+    for name, sample in samples.items():
+        frame = sample.frame()
+        if name != "all" and len(frame) < settings.label_shift_min_units:
+            out[name] = out["all"]
+            continue
+        out[name] = estimate(frame, trained, heads=settings.label_shift, min_units=settings.label_shift_min_units,
+                             feedback_min_probability=settings.feedback_min_probability,
+                             feedback_sources=settings.feedback_sources)
+    return out
+
+
 def _empty_units() -> pd.DataFrame:
     cols = [*UNIT.columns, *ITEM_CONTEXT, "stage", "stage_confidence", "p_negative", "p_neutral", "p_positive",
-            "sentiment", "sentiment_score", "touchpoints", "model_id"]
+            "p_feedback", "sentiment", "sentiment_score", "feedback", "touchpoints", "model_id"]
     return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
 
 

@@ -34,7 +34,7 @@ import sqlite3
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -83,6 +83,10 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             run_id INTEGER, retired_run INTEGER,
             PRIMARY KEY (item_id, content_hash, unit_idx, pred_key));
         CREATE INDEX predictions_retired ON predictions (retired_run);
+    """),
+    # the feedback head's probability (models without one: 1.0, every unit is feedback)
+    (2, "predictions.p_feedback", """
+        ALTER TABLE predictions ADD COLUMN p_feedback REAL NOT NULL DEFAULT 1.0;
     """),
 ]
 
@@ -368,17 +372,18 @@ class Store:
         p_cols = [c for c in units.columns if c.startswith("p_stage_")]
         p_stage = units[p_cols].to_numpy(float) if p_cols else np.zeros((len(units), 0))
         names = [c[len("p_stage_"):] for c in p_cols]
+        p_feedback = units["p_feedback"].to_numpy(float) if "p_feedback" in units.columns else np.ones(len(units))
         rows = [
             (r.item_id, r.content_hash, int(r.unit_idx), pred_key, str(r.model_id), str(r.stage),
              float(r.stage_confidence), json.dumps(dict(zip(names, map(float, p)))), float(r.p_negative),
              float(r.p_neutral), float(r.p_positive), str(r.sentiment), float(r.sentiment_score),
-             str(r.touchpoints or ""), run_id)
-            for r, p in zip(units.itertuples(index=False), p_stage)
+             str(r.touchpoints or ""), run_id, float(fb))
+            for r, p, fb in zip(units.itertuples(index=False), p_stage, p_feedback)
         ]
         db.executemany("INSERT OR REPLACE INTO predictions (item_id, content_hash, unit_idx, pred_key, model_id, "
                        "stage, stage_confidence, p_stage, p_negative, p_neutral, p_positive, sentiment, "
-                       "sentiment_score, touchpoints, run_id, retired_run) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", rows)
+                       "sentiment_score, touchpoints, run_id, retired_run, p_feedback) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)", rows)
         # every write that can change a map goes through here, inside its transaction
         db.execute("INSERT INTO store_meta VALUES ('data_version', '1') ON CONFLICT (key) DO UPDATE "
                    "SET value = CAST(value AS INTEGER) + 1")
@@ -411,18 +416,22 @@ class Store:
         (v,) = self.db.execute("SELECT MAX(created_at) FROM items").fetchone()
         return None if v is None else pd.Timestamp(v)
 
-    def scored_units(self, pred_key: str, *, chunk_size: int, embedder_id: str | None = None
+    def scored_units(self, pred_key: str, *, chunk_size: int, embedder_id: str | None = None,
+                     relabel: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                     needs_embedding: Callable[[pd.DataFrame], np.ndarray] | None = None
                      ) -> Iterator[tuple[pd.DataFrame, np.ndarray | None]]:
         """Every current unit with its item's context and its prediction under `pred_key`,
         in item order, in chunks that never split an item (so per-item counts stay right).
 
-        With `embedder_id`, also the embeddings of the negative, assigned units (the only ones
-        an Accumulator samples for themes); other rows are zeros.
+        `relabel` turns a chunk as stored into the chunk the caller wants (label-shift correction,
+        the feedback label). With `embedder_id`, also the embeddings of the rows `needs_embedding`
+        marks (default: the negative, assigned units of the relabelled chunk, the only ones an
+        Accumulator samples for themes); other rows are zeros.
         """
         q = ('SELECT u.item_id, u.unit_idx, u.text, u.lang, u.start, u."end", i.source_file, i."row", '
              "i.created_at, i.channel, i.source, i.segment, i.nps, i.csat, i.resolution_hours, i.fcr, "
-             "p.stage, p.stage_confidence, p.p_stage, p.p_negative, p.p_neutral, p.p_positive, p.sentiment, "
-             "p.sentiment_score, p.touchpoints, p.model_id, u.text_hash "
+             "p.stage, p.stage_confidence, p.p_stage, p.p_negative, p.p_neutral, p.p_positive, p.p_feedback, "
+             "p.sentiment, p.sentiment_score, p.touchpoints, p.model_id, u.text_hash "
              "FROM units u JOIN items i ON i.item_id = u.item_id "
              "JOIN predictions p ON p.item_id = u.item_id AND p.content_hash = u.content_hash "
              "AND p.unit_idx = u.unit_idx AND p.pred_key = ? "
@@ -441,12 +450,14 @@ class Store:
                 cut -= 1
             if cut == 0:  # one item larger than a chunk: wait for the next fetch
                 continue
-            yield self._frame(pending[:cut], names, embedder_id)
+            yield self._frame(pending[:cut], names, embedder_id, relabel, needs_embedding)
             pending = pending[cut:]
         if pending:
-            yield self._frame(pending, names, embedder_id)
+            yield self._frame(pending, names, embedder_id, relabel, needs_embedding)
 
-    def _frame(self, rows: list[tuple], names: list[str], embedder_id: str | None
+    def _frame(self, rows: list[tuple], names: list[str], embedder_id: str | None,
+               relabel: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+               needs_embedding: Callable[[pd.DataFrame], np.ndarray] | None = None
                ) -> tuple[pd.DataFrame, np.ndarray | None]:
         df = pd.DataFrame.from_records(rows, columns=names)
         p_stage = pd.DataFrame([json.loads(s) for s in df.pop("p_stage")], index=df.index)
@@ -462,11 +473,15 @@ class Store:
         for c in ("unit_idx", "start", "end", "row"):
             df[c] = df[c].astype("int64")
         head = [*UNIT.columns, *ITEM_CONTEXT, "stage", "stage_confidence"]
-        tail = ["p_negative", "p_neutral", "p_positive", "sentiment", "sentiment_score", "touchpoints", "model_id"]
+        tail = ["p_negative", "p_neutral", "p_positive", "p_feedback", "sentiment", "sentiment_score", "touchpoints",
+                "model_id"]
         df = pd.concat([df[head], p_stage, df[tail]], axis=1)
+        if relabel is not None:
+            df = relabel(df)
         emb = None
         if embedder_id is not None:
-            neg = ((df["sentiment"] == "negative") & (df["stage"] != "unassigned")).to_numpy()
+            neg = needs_embedding(df) if needs_embedding is not None else \
+                ((df["sentiment"] == "negative") & (df["stage"] != "unassigned")).to_numpy()
             found = self.get_embeddings(embedder_id, hashes[neg]) if neg.any() else {}
             dim = len(next(iter(found.values()))) if found else 0
             emb = np.zeros((len(df), dim), dtype=np.float32)
@@ -489,7 +504,7 @@ class Store:
             "embeddings": "SELECT embedder_id, text_hash, dim, hex(vector) FROM embeddings "
                           "ORDER BY embedder_id, text_hash",
             "predictions": "SELECT item_id, content_hash, unit_idx, pred_key, model_id, stage, stage_confidence, "
-                           "p_stage, p_negative, p_neutral, p_positive, sentiment, sentiment_score, touchpoints, "
+                           "p_stage, p_negative, p_neutral, p_positive, p_feedback, sentiment, sentiment_score, touchpoints, "
                            "retired_run IS NOT NULL FROM predictions ORDER BY item_id, content_hash, unit_idx, "
                            "pred_key",
             "models": "SELECT model_id, embedder_id, fingerprint FROM models ORDER BY model_id",

@@ -510,3 +510,27 @@ def test_incremental_period_map_gives_themes_their_trend(tmp_path):
     for t in with_trend:
         assert t["trend"]["previous_units"] > 0
         assert abs(t["share"] - t["trend"]["previous_share"] - t["trend"]["change"]) < 1e-3
+
+
+def test_incremental_score_corrects_each_scope_to_its_own_mix_and_leaves_out_what_is_not_feedback(tmp_path):
+    journey = load_journey_map(_settings().journey_map)
+    model = keyword_model("kw-fb", journey)
+    coef = np.zeros((1, DIM))
+    coef[0, _dim("football")] -= 30.0
+    model.feedback = LinearHead.from_arrays(["no", "yes"], {"coef": coef, "intercept": np.array([4.0])})
+    inputs = make_inputs(tmp_path / "in", light=True)
+    extra = pd.DataFrame([{"id": f"FB{i}", "created_at": "2026-11-14T12:00:00Z", "channel": "chat", "segment": "",
+                           "language": "en", "text": f"The football game {i} was great"} for i in range(6)])
+    extra.to_csv(tmp_path / "in" / "c.csv", index=False)
+    res = run_score(tmp_path, [*inputs, tmp_path / "in" / "c.csv"], model=model)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["counts"]["units_not_feedback"] == 6
+    assert run["label_shift"]["sentiment"]["all"]["negative"] > 0.5  # the store's own mix
+    week = json.loads((tmp_path / "out" / "week" / "run.json").read_text())
+    assert week["label_shift"] == run["label_shift"]  # under 300 units in the week: the all-time mix
+    units = pd.read_parquet(tmp_path / "out" / "units.parquet")
+    assert units.loc[units["item_id"].str.startswith("FB"), "feedback"].eq(False).all()
+    assert res.exit_code == 3  # quarantined rows as before
+    with Store(tmp_path / "s.db") as st:  # stored raw: the correction is made when the maps are built
+        p = st.db.execute("SELECT MIN(p_feedback), MAX(p_feedback) FROM predictions").fetchone()
+    assert p[0] < 0.1 and p[1] > 0.9

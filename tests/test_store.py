@@ -30,7 +30,7 @@ def test_store_migrations_are_numbered_recorded_and_applied_once(tmp_path):
     with Store(tmp_path / "s.db") as st:
         assert st.migrations() == [v for v, _, _ in MIGRATIONS]
         names = st.db.execute("SELECT name FROM schema_migrations").fetchall()
-        assert names == [(MIGRATIONS[0][1],)]
+        assert names == [(name,) for _, name, _ in MIGRATIONS]
     with Store(tmp_path / "s.db") as st:  # reopening applies nothing again
         assert st.db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(MIGRATIONS)
 
@@ -142,3 +142,20 @@ def test_store_dump_ignores_run_ids_and_times(tmp_path):
         b.put_embeddings({"g": np.ones(3, np.float32)}, embedder_id="e", run_id=9)
         assert a.dump() != b.dump()
     assert sqlite3.connect(tmp_path / "a.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_store_a_version_1_store_gains_p_feedback_and_keeps_its_rows(tmp_path, monkeypatch):
+    import feedback_nlp.store as store_module
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
+    with Store(tmp_path / "s.db") as st:
+        st.db.execute("INSERT INTO items (item_id, content_hash, first_seen, last_seen) VALUES ('i', 'h', 't', 't')")
+        st.db.execute("INSERT INTO predictions (item_id, content_hash, unit_idx, pred_key, model_id, stage, "
+                      "stage_confidence, p_stage, p_negative, p_neutral, p_positive, sentiment, sentiment_score, "
+                      "touchpoints) VALUES ('i', 'h', 0, 'k', 'm', 'billing', 0.9, '{}', 0.7, 0.2, 0.1, 'negative', "
+                      "-0.6, '')")
+        assert st.migrations() == [1]
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    with Store(tmp_path / "s.db") as st:
+        assert st.migrations() == [1, 2]
+        assert st.db.execute("SELECT stage, p_feedback FROM predictions").fetchall() == [("billing", 1.0)]
