@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -253,8 +253,9 @@ class LinearHead(ClassifierMixin, BaseEstimator):
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
             X, y, sample_weight = X[sample_weight > 0], y[sample_weight > 0], sample_weight[sample_weight > 0]
         fine = unique_labels(y)
-        self.classes_ = unique_labels(np.asarray([self._class_of(c) for c in fine], dtype=object)) \
-            if self.subclass_sep else fine
+        coarse = [self._class_of(c) for c in fine]
+        self.classes_ = unique_labels(np.asarray(coarse, dtype=object)) if any(
+            a != b for a, b in zip(coarse, fine)) else fine
         if len(self.classes_) < 2:
             raise ValueError(f"LinearHead needs samples of at least 2 classes; got {len(self.classes_)} class(es) "
                              f"{list(self.classes_)} with a weight above 0")
@@ -593,7 +594,7 @@ def _aligned_proba(p: np.ndarray, have: Any, want: Any) -> np.ndarray:
 
 def classify_chunk(units: pd.DataFrame, embeddings: np.ndarray, model: Model, *, stage_ids: list[str],
                    stage_min_confidence: float, touchpoint_min_probability: float,
-                   feedback_min_probability: float = 0.5,
+                   feedback_min_probability: float = 0.5, feedback_sources: Iterable[str] = (),
                    prototypes: "StagePrototypes | None" = None,
                    touchpoint_prototypes: "TouchpointPrototypes | None" = None) -> pd.DataFrame:
     """UNIT chunk + its embeddings -> the chunk with predictions and probabilities.
@@ -635,7 +636,7 @@ def classify_chunk(units: pd.DataFrame, embeddings: np.ndarray, model: Model, *,
         labels = np.concatenate([labels, np.asarray(touchpoint_prototypes.ids, dtype=object)])
         hits = np.hstack([hits, touchpoint_mentions(raw, touchpoint_prototypes)])
     out = label_units(out, stage_ids=stage_ids, stage_min_confidence=stage_min_confidence,
-                      feedback_min_probability=feedback_min_probability)
+                      feedback_min_probability=feedback_min_probability, feedback_sources=feedback_sources)
     out["touchpoints"] = pd.array([";".join(labels[row]) for row in hits] if n else [], dtype="string")
     out["model_id"] = model.model_id
     return out
@@ -647,12 +648,11 @@ def stage_columns(units: pd.DataFrame) -> list[str]:
 
 
 def label_units(units: pd.DataFrame, *, stage_ids: list[str], stage_min_confidence: float,
-                feedback_min_probability: float) -> pd.DataFrame:
+                feedback_min_probability: float, feedback_sources: Iterable[str] = ()) -> pd.DataFrame:
     """(Re)derive each unit's labels from its probability columns, in place; returns the chunk.
 
     stage: the most probable stage, `unassigned` below `stage_min_confidence` or when it is not
-    a stage of the map; sentiment: the most probable; feedback: P(feedback) at least
-    `feedback_min_probability` (0 keeps every unit).
+    a stage of the map; sentiment: the most probable; feedback: `is_feedback` (0 keeps every unit).
     """
     n = len(units)
     cols = stage_columns(units)
@@ -676,6 +676,19 @@ def label_units(units: pd.DataFrame, *, stage_ids: list[str], stage_min_confiden
     units["sentiment"] = pd.array(np.asarray(SENTIMENTS, dtype=object)[p_sent.argmax(axis=1)] if n else [],
                                   dtype="string")
     units["sentiment_score"] = units["p_positive"] - units["p_negative"]
-    units["feedback"] = (units["p_feedback"].to_numpy(dtype=np.float64) >= feedback_min_probability) if n \
-        else np.zeros(0, dtype=bool)
+    units["feedback"] = is_feedback(units, feedback_min_probability, feedback_sources) if n else np.zeros(0, dtype=bool)
     return units
+
+
+def is_feedback(units: pd.DataFrame, min_probability: float, sources: Iterable[str] = ()) -> np.ndarray:
+    """A unit is feedback when it comes from a source that is feedback by construction (a survey
+    answer, an agent's case note: `sources`), or its own P(feedback), or the mean over its item's
+    units, reaches `min_probability`: a case note's "Cust in Manchester store 15:20." or a blog's
+    "That saved us." says nothing on its own, but its text is feedback (items never span chunks)."""
+    p = units["p_feedback"].to_numpy(dtype=np.float64)
+    if "item_id" in units.columns and len(units):
+        p = np.maximum(p, units.groupby("item_id", sort=False)["p_feedback"].transform("mean").to_numpy())
+    out = p >= min_probability
+    if sources and "source" in units.columns:
+        out |= units["source"].astype("string").isin(list(sources)).fillna(False).to_numpy(dtype=bool)
+    return out

@@ -295,6 +295,7 @@ class Settings:
     stage_min_confidence: float = 0.45
     touchpoint_min_probability: float = 0.5
     feedback_min_probability: float = 0.5
+    feedback_sources: tuple[str, ...] = ("survey", "case_note")
     label_shift: tuple[str, ...] = ("feedback", "sentiment")
     label_shift_min_units: int = 300
     zero_shot_temperature: float = 0.05
@@ -406,7 +407,7 @@ def _replace(obj: Any, changes: dict[str, Any]) -> Any:
 
 def load_settings(path: str | Path | None = None) -> Settings:
     return _load_settings_file(Settings, path, "configs/run.yaml", "run settings",
-                               tuples=("languages", "detect_languages", "label_shift"))
+                               tuples=("languages", "detect_languages", "label_shift", "feedback_sources"))
 
 
 FINE_TUNE_MODES = ("auto", "adapter", "encoder")

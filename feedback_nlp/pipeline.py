@@ -115,6 +115,7 @@ def embed_and_classify(units: pd.DataFrame, *, settings: Settings, journey: Jour
                                stage_min_confidence=settings.stage_min_confidence,
                                touchpoint_min_probability=settings.touchpoint_min_probability,
                                feedback_min_probability=settings.feedback_min_probability,
+                               feedback_sources=settings.feedback_sources,
                                prototypes=prototypes, touchpoint_prototypes=touchpoint_prototypes)
     return units, emb
 
@@ -409,7 +410,7 @@ class ShiftPass:
     def estimate(self) -> Priors:
         s = self.settings
         return estimate(self.sample.frame(), self.trained, heads=s.label_shift, min_units=s.label_shift_min_units,
-                        feedback_min_probability=s.feedback_min_probability)
+                        feedback_min_probability=s.feedback_min_probability, feedback_sources=s.feedback_sources)
 
     def replay(self, priors: Priors, *, stage_ids: list[str]):
         """(units corrected and relabelled, embeddings, which rows have one) per chunk, in order."""
@@ -434,10 +435,11 @@ class ShiftPass:
             embedded = np.zeros(len(units), dtype=bool)
             emb[rows[lo:hi] - start] = vecs[lo:hi]
             embedded[rows[lo:hi] - start] = True
-            units = apply_priors(units, priors, self.trained, feedback_min_probability=s.feedback_min_probability)
-            units = label_units(units, stage_ids=stage_ids,
-                                stage_min_confidence=s.stage_min_confidence,
-                                feedback_min_probability=s.feedback_min_probability)
+            units = apply_priors(units, priors, self.trained, feedback_min_probability=s.feedback_min_probability,
+                                 feedback_sources=s.feedback_sources)
+            units = label_units(units, stage_ids=stage_ids, stage_min_confidence=s.stage_min_confidence,
+                                feedback_min_probability=s.feedback_min_probability,
+                                feedback_sources=s.feedback_sources)
             yield units, emb, embedded
             start = stop
 

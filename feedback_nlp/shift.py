@@ -124,7 +124,7 @@ def _matrix(frame: pd.DataFrame, head: str) -> np.ndarray:
 
 
 def estimate(sample: pd.DataFrame, trained: dict[str, np.ndarray], *, heads: Iterable[str],
-             min_units: int, feedback_min_probability: float) -> Priors:
+             min_units: int, feedback_min_probability: float, feedback_sources: Iterable[str] = ()) -> Priors:
     """Priors of `heads` from a frame of units' probabilities (columns p_feedback, p_negative,
     p_neutral, p_positive, lang): per language with at least `min_units` units, else pooled.
 
@@ -147,13 +147,21 @@ def estimate(sample: pd.DataFrame, trained: dict[str, np.ndarray], *, heads: Ite
         out.heads[head] = hp
         if head == "feedback":  # sentiment is about the units that reach scores
             frame = apply(frame.copy(), Priors({"feedback": hp}, min_units), trained)
-            frame = frame[frame["p_feedback"].to_numpy() >= feedback_min_probability]
-            frame = frame.reset_index(drop=True)
+            frame = frame[_feedback_scope(frame, feedback_min_probability, feedback_sources)].reset_index(drop=True)
+    return out
+
+
+def _feedback_scope(units: pd.DataFrame, min_probability: float, sources: Iterable[str]) -> np.ndarray:
+    """Units whose sentiment the run corrects: those that are feedback (the unit's own P(feedback),
+    or a source that is feedback by construction; classify.is_feedback also reads the item)."""
+    out = units["p_feedback"].to_numpy(dtype=np.float64) >= min_probability
+    if sources and "source" in units.columns:
+        out |= units["source"].astype("string").isin(list(sources)).fillna(False).to_numpy(dtype=bool)
     return out
 
 
 def apply(units: pd.DataFrame, priors: Priors, trained: dict[str, np.ndarray], *,
-          feedback_min_probability: float = 0.0) -> pd.DataFrame:
+          feedback_min_probability: float = 0.0, feedback_sources: Iterable[str] = ()) -> pd.DataFrame:
     """The chunk with its probability columns corrected to `priors` (in place; returns it).
 
     Sentiment priors are estimated on the units that are feedback, so only those are corrected
@@ -166,7 +174,7 @@ def apply(units: pd.DataFrame, priors: Priors, trained: dict[str, np.ndarray], *
         P = _matrix(units, head)
         Q = P.copy()
         scope = np.ones(len(units), dtype=bool) if head == "feedback" else \
-            units["p_feedback"].to_numpy(dtype=np.float64) >= feedback_min_probability
+            _feedback_scope(units, feedback_min_probability, feedback_sources)
         for lang in set(langs):
             m = (langs == lang) & scope
             if m.any():
@@ -183,13 +191,14 @@ class PriorSample:
     """A uniform sample of at most `cap` units per language of the columns EM reads, kept across
     a run's chunks (bottom-k random keys), so memory does not grow with the dump."""
 
-    COLUMNS = ["lang", "p_feedback", *(f"p_{s}" for s in SENTIMENTS)]
+    COLUMNS = ["lang", "source", "p_feedback", *(f"p_{s}" for s in SENTIMENTS)]
 
     def __init__(self, cap: int = 100_000, seed: int = 0) -> None:
         self.cap = cap
         self._rng = np.random.default_rng(seed)
         self._parts: list[pd.DataFrame] = []
         self._rows = 0
+        self._langs: set[str] = set()
 
     def add(self, units: pd.DataFrame) -> None:
         if units.empty:
@@ -197,11 +206,15 @@ class PriorSample:
         part = units[[c for c in self.COLUMNS if c in units.columns]].copy()
         if "p_feedback" not in part.columns:
             part["p_feedback"] = 1.0
+        if "source" not in part.columns:
+            part["source"] = ""
         part["lang"] = part["lang"].astype(str)
+        part["source"] = part["source"].astype("string").fillna("").astype(str)
         part["_key"] = self._rng.random(len(part))
         self._parts.append(part)
         self._rows += len(part)
-        if self._rows > 2 * self.cap * max(1, len({*part["lang"]})):
+        self._langs.update(part["lang"].unique())
+        if self._rows > 2 * self.cap * len(self._langs):  # cut back now and then, not at every chunk
             self._cut()
 
     def _cut(self) -> None:

@@ -112,3 +112,105 @@ def test_classify_folded_heads_give_the_probabilities_of_the_heads_on_features()
     np.testing.assert_allclose(pn, sentiment.predict_proba(F), atol=1e-5)
     np.testing.assert_allclose(pt, touch.predict_proba(F), atol=1e-5)
     np.testing.assert_allclose(fm.kernel(X) @ fm.normalization_.T, F, atol=1e-5)
+
+
+@parametrize_with_checks([LinearHead(subclass_sep="::")])
+def test_classify_subclass_head_follows_sklearn_conventions(estimator, check):
+    check(estimator)
+
+
+def test_classify_subclasses_are_learnt_apart_and_summed_into_their_class():
+    """Two unlike regions of one class ('b::left', 'b::right' on either side of 'a'): a linear
+    head on the class cannot cut them out, one on the subclasses can."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(loc=c, scale=0.3, size=(40, 2)) for c in ([0, 0], [-3, 0], [3, 0])])
+    y = np.array(["a"] * 40 + ["b::left"] * 40 + ["b::right"] * 40, dtype=object)
+    head = LinearHead(subclass_sep="::").fit(X, y)
+    assert head.classes_.tolist() == ["a", "b"] and head.has_subclasses
+    assert head.subclasses_.tolist() == ["a", "b::left", "b::right"]
+    p = head.predict_proba(X)
+    assert p.shape == (120, 2) and np.allclose(p.sum(axis=1), 1.0)
+    assert (head.predict(X) == np.array(["a"] * 40 + ["b"] * 80)).mean() > 0.95
+    flat = LinearHead().fit(X, np.where(y == "a", "a", "b"))
+    assert (flat.predict(X) == np.array(["a"] * 40 + ["b"] * 80)).mean() < 0.9
+    back = LinearHead.from_arrays(list(head.classes_), head.to_arrays(), subclasses=list(head.subclasses_),
+                                  **head.get_params())
+    np.testing.assert_array_equal(back.predict_proba(X), p)
+    np.testing.assert_allclose(head.class_prior_, [1 / 3, 2 / 3])  # balanced over the subclasses
+
+
+def test_classify_head_prior_is_the_weighted_class_mix_it_was_trained_under():
+    X, y = _blobs(n=60)
+    head = LinearHead(class_weight=None).fit(X, y, sample_weight=np.r_[np.full(20, 3.0), np.ones(40)])
+    np.testing.assert_allclose(head.class_prior_, [0.6, 0.2, 0.2])
+    np.testing.assert_allclose(LinearHead().fit(X, y).class_prior_, [1 / 3] * 3)  # balanced weights
+
+
+def test_classify_lexicon_hashes_pieces_with_emoji_and_round_trips():
+    from feedback_nlp.classify import LexicalMap, text_pieces
+
+    assert "😡" in text_pieces("Pessimo servizio 😡")
+    texts = ["Pessimo servizio 😡", "ottimo servizio", "la fattura è sbagliata"]
+    lex = LexicalMap(n_features=2 ** 12).fit(texts)
+    Z = lex.transform(texts)
+    assert Z.shape == (3, 2 ** 12)
+    np.testing.assert_allclose(np.sqrt(Z.multiply(Z).sum(axis=1)).A.ravel(), 1.0)
+    back = LexicalMap.from_arrays(lex.to_arrays(), **lex.get_params())
+    assert (back.transform(texts) != Z).nnz == 0
+    assert (Z[0].multiply(Z[1])).sum() > 0  # "servizio" shared
+
+
+def test_classify_folded_model_predicts_as_before_without_the_normalisation():
+    from feedback_nlp.classify import fold_model
+
+    X, y = _blobs(n=90)
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    fm = KernelMap(n_components=40, random_state=0).fit(X)
+    F = fm.transform(X)
+    feedback = LinearHead().fit(F, np.where(y == "c", "no", "yes"))
+    model = Model("m", "e", LinearHead(subclass_sep="::").fit(F, np.where(y == "a", "a::1", y)),
+                  LinearHead().fit(F, np.where(y == "a", "negative", "positive")), features=fm, feedback=feedback)
+    folded = fold_model(model)
+    assert folded.features.normalization_ is None and model.features.normalization_ is not None
+    for a, b in zip(folded.probabilities(X), model.probabilities(X)):
+        assert (a is None) == (b is None)  # no touchpoint head
+        if a is not None:
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert folded.probabilities(X).feedback.shape == (90,)
+
+
+def test_classify_feedback_head_weighs_the_two_sentiment_heads():
+    X, y = _blobs(n=90)
+    fb = LinearHead().fit(X, np.where(y == "c", "no", "yes"))
+    sentiments = np.array(["negative", "neutral", "positive"])
+    own = LinearHead().fit(X, sentiments[np.searchsorted(["a", "b", "c"], y)])
+    other = LinearHead().fit(X, sentiments[::-1][np.searchsorted(["a", "b", "c"], y)])
+    model = Model("m", "e", LinearHead().fit(X, y), own, feedback=fb, sentiment_other=other)
+    p = model.probabilities(X)
+    g = p.feedback[:, None]
+    assert g[y == "c"].mean() < 0.2 < 0.8 < g[y != "c"].mean()
+    np.testing.assert_allclose(p.sentiment, g * own.predict_proba(X) + (1 - g) * other.predict_proba(X))
+    np.testing.assert_allclose(p.sentiment.sum(axis=1), 1.0)
+    # feedback units read the feedback head's sentiment, the others the other head's
+    assert (p.sentiment.argmax(axis=1)[y == "a"] == 0).mean() > 0.9
+    assert (p.sentiment.argmax(axis=1)[y == "c"] == 0).mean() > 0.9
+
+
+def test_classify_calibration_scales_and_shifts_log_probabilities():
+    from feedback_nlp.classify import calibrate
+
+    p = np.array([[0.6, 0.3, 0.1]])
+    sharper = calibrate(p, temperature=0.5)
+    assert sharper[0, 0] > 0.6 and np.isclose(sharper.sum(), 1)
+    np.testing.assert_allclose(calibrate(p, 1.0, [0.0, 0.0, 0.0]), p)
+    assert calibrate(p, 1.0, [0.0, np.log(3.0), 0.0])[0, 1] > 0.5
+
+
+def test_classify_a_unit_is_feedback_by_itself_by_its_item_or_by_its_source():
+    from feedback_nlp.classify import is_feedback
+
+    units = pd.DataFrame({"item_id": ["n", "n", "n", "t", "s"], "source": ["case_note"] * 3 + ["social", "survey"],
+                          "p_feedback": [0.9, 0.8, 0.1, 0.2, 0.05]})
+    assert is_feedback(units, 0.5).tolist() == [True, True, True, False, False]  # "n" means 0.6
+    assert is_feedback(units, 0.5, ["survey"]).tolist() == [True, True, True, False, True]
+    assert is_feedback(units, 0.0).all()

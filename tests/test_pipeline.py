@@ -87,3 +87,68 @@ def test_themes_resources_load_in_one_thread_once_per_language(monkeypatch):
     warmer.close()  # waits for both
     assert [langs for _, langs in calls] == [["en", "it"], ["pt"]]
     assert all(name.startswith("themes-warm-up") for name, _ in calls)
+
+
+def _feedback_model(journey):
+    """The keyword model of test_incremental with a feedback head: football and elections are not
+    feedback, everything else is."""
+    import numpy as np
+
+    from feedback_nlp.classify import LinearHead
+    from test_incremental import DIM, _dim, keyword_model
+
+    model = keyword_model("kw-fb", journey)
+    coef = np.zeros((1, DIM))
+    for w in ("football", "election", "match"):
+        coef[0, _dim(w)] -= 12.0
+    model.feedback = LinearHead.from_arrays(["no", "yes"], {"coef": coef, "intercept": np.array([4.0])})
+    return model
+
+
+def _mixed_dump(tmp_path):
+    rows = ["id,text,source"]
+    for i in range(12):
+        rows.append(f"f{i},The invoice number {i} was {'bad' if i % 4 else 'great'} for me,social")
+    for i in range(8):
+        rows.append(f"n{i},The football match {i} was great and the election too,social")
+    return write(tmp_path / "dump.csv", "\n".join(rows) + "\n")
+
+
+def test_pipeline_units_that_are_not_feedback_are_kept_and_counted_but_never_scored(tmp_path, settings, columns,
+                                                                                     journey):
+    model = _feedback_model(journey)
+    res = run_batch([_mixed_dump(tmp_path)], journey=journey, settings=settings, columns=columns, model=model,
+                    embedder=FakeEmbedder(), out_dir=tmp_path / "out", quiet=True)
+    units = pd.read_parquet(tmp_path / "out" / "units.parquet")
+    assert len(units) == 20
+    assert units.loc[units["item_id"].str.startswith("n"), "feedback"].eq(False).all()
+    assert units.loc[units["item_id"].str.startswith("f"), "feedback"].all()
+    assert res.counts.units_not_feedback == 8 and res.counts.units == 20
+    jm = json.loads((tmp_path / "out" / "journey_map.json").read_text())
+    assert sum(s["scores"]["units"] or 0 for s in jm["stages"] if s["scores"]) == 12
+    quotes = [q["text"] for s in jm["stages"] for q in s["quotes"]]
+    assert quotes and not any("football" in q for q in quotes)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["counts"]["units_not_feedback"] == 8
+    mix = run["label_shift"]["sentiment"]["all"]
+    assert mix["negative"] == pytest.approx(9 / 12, abs=0.05)  # the feedback units' own mix, not 1/3
+    assert jm["label_shift"] == run["label_shift"]
+    assert "not feedback 8" in (tmp_path / "out" / "summary.md").read_text()
+    assert "not feedback (40%)" in (tmp_path / "out" / "report.html").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
+
+
+def test_pipeline_label_shift_off_leaves_the_probabilities_as_classified(tmp_path, settings, columns, journey):
+    model = _feedback_model(journey)
+    dump = _mixed_dump(tmp_path)
+    run_batch([dump], journey=journey, settings=settings.replace(label_shift=()), columns=columns, model=model,
+              embedder=FakeEmbedder(), out_dir=tmp_path / "off", quiet=True)
+    run_batch([dump], journey=journey, settings=settings, columns=columns, model=model, embedder=FakeEmbedder(),
+              out_dir=tmp_path / "on", quiet=True)
+    off = pd.read_parquet(tmp_path / "off" / "units.parquet")
+    on = pd.read_parquet(tmp_path / "on" / "units.parquet")
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["label_shift"] is None
+    assert off["feedback"].sum() == 12  # the decision itself does not need the correction
+    fb = on["feedback"].to_numpy()
+    assert (on["p_negative"][fb] > off["p_negative"][fb]).all()  # a mostly negative dump reads more negative
+    pd.testing.assert_series_equal(on["p_negative"][~fb], off["p_negative"][~fb])  # not feedback: as classified
