@@ -284,6 +284,8 @@ def report_context(jm: dict[str, Any], cells: pd.DataFrame | None = None, *, the
             "quarantine_reasons": counts.get("quarantine_reasons", {}) or {},
             "units": units, "units_unassigned": counts.get("units_unassigned", 0),
             "unassigned_share": _pct((counts.get("units_unassigned", 0) / units) if units else None),
+            "units_not_feedback": counts.get("units_not_feedback", 0),
+            "not_feedback_share": _pct((counts.get("units_not_feedback", 0) / units) if units else None),
             "blanked_values": counts.get("blanked_values", {}) or {},
         },
         "languages": sorted(langs.items(), key=lambda kv: -kv[1]),
@@ -293,6 +295,7 @@ def report_context(jm: dict[str, Any], cells: pd.DataFrame | None = None, *, the
                 "journey_map": Path(str(run.get("journey_map", "-"))).name, "scope": run.get("scope"),
                 "inputs": len(run.get("inputs", []) or [])},
         "trend": jm.get("trend"),
+        "class_mix": _class_mix(run.get("label_shift")),
         "has_cells": bool(data["cells"]["rows"]),
         "data": data,
         "plotly_js": plotly_js(),
@@ -316,3 +319,20 @@ def read_cells(path: Path) -> pd.DataFrame | None:
         return pd.read_csv(path, dtype={k: str for k in CELL_KEYS}, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise FeedbackError("E701", f"{path}: unreadable score sums ({e}); re-run `feedback-nlp run`") from e
+
+
+def _class_mix(shift: dict[str, Any] | None) -> list[str]:
+    """The run's estimated class mix (label shift) as short lines, e.g. 'sentiment: negative 62%, ...'."""
+    if not shift:
+        return []
+    out = []
+    for head in ("feedback", "sentiment"):
+        block = shift.get(head)
+        if not block:
+            continue
+        mix = block.get("all", {})
+        names = {"yes": "feedback", "no": "not feedback"} if head == "feedback" else {}
+        out.append(f"{head}: " + ", ".join(f"{names.get(k, k)} {_pct(v)}" for k, v in mix.items())
+                   + (f" (per language: {', '.join(sorted(block.get('per_language', {})))})"
+                      if block.get("per_language") else ""))
+    return out

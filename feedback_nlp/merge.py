@@ -128,6 +128,8 @@ def merge_map(journey: JourneyMap, table: pd.DataFrame, quotes: pd.DataFrame, ru
             "min_cell_units": run["settings"]["min_cell_units"],
         },
         "key_drivers": drivers,
+        # the run's class mix estimated from its own units (shift.py); None when the correction is off
+        "label_shift": run.get("label_shift"),
         "run": run,
     }
 

@@ -57,7 +57,8 @@ def summary_table(jm: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"rows read {run['rows_read']}, used {run['rows_used']}, quarantined {run['rows_quarantined']}; "
-        f"units {run['units']} ({run['units_unassigned']} unassigned); languages "
+        f"units {run['units']} ({run['units_unassigned']} unassigned, {run.get('units_not_feedback', 0)} not feedback); "
+        "languages "
         + ", ".join(f"{k} {v}" for k, v in run["languages"].items())
     )
     return "\n".join(lines)
@@ -86,7 +87,13 @@ def markdown_summary(jm: dict[str, Any]) -> str:
     out += _drivers_md(jm)
     c = jm["run"]["counts"]
     out += ["", f"Rows read {c['rows_read']}, used {c['rows_used']}, quarantined {c['rows_quarantined']}; "
-            f"units {c['units']}, unassigned {c['units_unassigned']}; model `{md_escape(jm['run']['model_id'])}`.", ""]
+            f"units {c['units']}, unassigned {c['units_unassigned']}, not feedback {c.get('units_not_feedback', 0)} "
+            f"(left out of every score); model `{md_escape(jm['run']['model_id'])}`."]
+    mix = (jm["run"].get("label_shift") or {}).get("sentiment", {}).get("all")
+    if mix:
+        out.append("Sentiment mix estimated from this run's own units (probabilities corrected to it): "
+                   + ", ".join(f"{md_escape(k)} {100 * v:.0f}%" for k, v in mix.items()) + ".")
+    out.append("")
     return "\n".join(out)
 
 
