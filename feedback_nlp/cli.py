@@ -231,6 +231,9 @@ def score(inputs: tuple[str, ...], store_path: str | None, period: str, as_of: s
 @click.option("--promote/--no-promote", default=True, show_default=True,
               help="Point models/CURRENT at the new version if it is not worse than the current one.")
 @click.option("--force", is_flag=True, help="Promote even if the new version is worse.")
+@click.option("--benchmarks", "benchmarks", type=click.Path(file_okay=False), default=None,
+              help="With --labels on a model built by a recipe (build-model): the benchmarks folder the recipe "
+                   "reads (default: $FEEDBACK_NLP_BENCHMARKS, else ../shared/benchmarks).")
 @click.option("--fine-tune", "fine_tune", is_flag=True,
               help="Also adapt the representation to the labels (SetFit: contrastive pairs of labelled units). "
                    "A sentence-transformers folder embedder is fine-tuned and saved into the model folder "
@@ -242,8 +245,9 @@ def score(inputs: tuple[str, ...], store_path: str | None, period: str, as_of: s
 @handle_errors
 def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None, out_dir: str | None,
           model_id: str | None, map_path: str | None, test_size: float | None, seed: int | None,
-          train_config: str | None, promote: bool, force: bool, fine_tune: bool, config_path: str | None,
-          columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
+          train_config: str | None, promote: bool, force: bool, benchmarks: str | None, fine_tune: bool,
+          config_path: str | None, columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None,
+          quiet: bool) -> None:
     """Train stage, sentiment and touchpoint heads on labelled files (columns text, stage,
     sentiment, optional touchpoints separated by ';').
 
@@ -255,6 +259,11 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     and promoted only if macro-F1 does not drop (overall and per language) beyond
     `promote_tolerance`, unless --force. With --fine-tune the representation is adapted too
     (fit on the training rows only for the held-out metrics).
+
+    When the base model was built by a recipe (build-model, as the default model is), --labels
+    rebuilds that recipe with the new files (and the labels the base already had) as one more
+    source weighted like the seed corpus, so the real data it learnt from stays; the benchmarks
+    folder must be there (exit 3 otherwise), and the gate compares per source on held-out rows.
     """
     import shutil
 
@@ -280,8 +289,23 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
         if not files:
             sources.append([str(resolve(ts.seed_corpus))])
         base_dir = resolve_model_folder(base) if base else (root / POINTER if (root / POINTER).is_file() else None)
+        base_meta = load_model(base_dir).meta if base_dir is not None else {}
+        if base_meta.get("recipe") and not files and not mode:
+            from feedback_nlp import recipe as rcp
+
+            earlier = [f for f in base_meta.get("sources", {}).get("labels", {}).get("files", [])
+                       if resolve(f).exists() and str(resolve(f)) not in {str(resolve(x)) for x in new_labels}]
+            recipe = rcp.with_labels(rcp.load_recipe(base_meta["recipe"]["path"]), [*earlier, *new_labels])
+            out = Path(out_dir) if out_dir else root / f"v{len(registry.versions(root)) + 1 if root.is_dir() else 1}"
+            if not quiet:
+                click.echo(f"{base_meta['recipe']['path']} (the base model's recipe) with {len(earlier) + len(new_labels)} "
+                           "label file(s) as one more source", err=True)
+            _build_recipe(recipe, benchmarks=benchmarks, out_dir=str(out), model_id=model_id, map_path=map_path,
+                          promote=promote, force=force, settings=settings, columns=columns, embedder=embedder,
+                          quiet=quiet)
+            return
         if base_dir is not None:
-            base_files = load_model(base_dir).meta.get("training_data", {}).get("files", [])
+            base_files = base_meta.get("training_data", {}).get("files", [])
             seen = {str(Path(f)) for group in sources for f in group}
             sources.extend([f] for f in base_files if str(Path(f)) not in seen and Path(f).exists())
         sources.append(list(new_labels))
@@ -384,6 +408,19 @@ def build_model(recipe_path: str, benchmarks: str | None, out_dir: str | None, m
     the same recipe and data rebuild the same files. Exit codes: 0 ok, 1 failed, 2 bad recipe or
     mapping, 3 the benchmarks folder (or a set in it) is missing.
     """
+    from feedback_nlp import recipe as rcp
+
+    settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
+    _build_recipe(rcp.load_recipe(recipe_path), benchmarks=benchmarks, out_dir=out_dir, model_id=model_id,
+                  map_path=map_path, promote=promote, force=force, settings=settings, columns=columns,
+                  embedder=embedder, quiet=quiet)
+
+
+def _build_recipe(recipe: Any, *, benchmarks: str | None, out_dir: str | None, model_id: str | None,
+                  map_path: str | None, promote: bool, force: bool, settings: Any, columns: Any,
+                  embedder: str | None, quiet: bool) -> Path:
+    """build-model's work (also `train --labels` on a recipe-built base): build, card, save, and
+    promote when asked and not worse than the current model on the same held-out rows."""
     import time
 
     from tqdm import tqdm
@@ -393,12 +430,10 @@ def build_model(recipe_path: str, benchmarks: str | None, out_dir: str | None, m
     from feedback_nlp.config import load_journey_map, load_train_settings
     from feedback_nlp.embed import Embedder
     from feedback_nlp.errors import MissingDataError
-    from feedback_nlp.persist import POINTER, load_model, save_model
+    from feedback_nlp.persist import load_model, save_model
     from feedback_nlp.sources import benchmarks_root
 
     started = time.time()
-    settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
-    recipe = rcp.load_recipe(recipe_path)
     root = benchmarks_root(benchmarks)
     needs_benchmarks = any(s.reader in ("umsab", "banking77", "germeval") for s in recipe.sources.values())
     if needs_benchmarks and not root.is_dir():
@@ -419,7 +454,7 @@ def build_model(recipe_path: str, benchmarks: str | None, out_dir: str | None, m
             return emb.encode(texts, batch_size=settings.embed_batch_size, progress=bar.update)
 
     rows = rcp.load_rows(recipe, root, settings=settings, columns=columns, stage_ids=journey.stage_ids)
-    model, metrics = rcp.build(recipe, root, settings=settings, columns=columns, stage_ids=journey.stage_ids,
+    model, metrics, held_model = rcp.build(recipe, root, settings=settings, columns=columns, stage_ids=journey.stage_ids,
                                tp_labels=[t.id for t in journey.touchpoints], encode=encode, embedder_id=emb.id,
                                embedder_desc=emb.info.description, model_id=model_id or out.name, log=log, rows=rows)
     md, js = rcp.recipe_card(model)
@@ -433,7 +468,7 @@ def build_model(recipe_path: str, benchmarks: str | None, out_dir: str | None, m
             click.echo(f"{source}: held out {res['rows']}: {figures}")
         click.echo(f"model written to {out} in {time.time() - started:.0f} s")
     if not promote:
-        return
+        return out
     current = registry.current_id(out.parent)
     reason = "first version"
     if current and current != out.name and not force:
@@ -441,20 +476,32 @@ def build_model(recipe_path: str, benchmarks: str | None, out_dir: str | None, m
         if old.embedder_id != emb.id:
             click.echo(f"not promoted: current {current} uses embedder {old.embedder_id}; compare by hand and use "
                        "`feedback-nlp models promote` (or --force)", err=True)
-            return
-        held = rows["held_out"].to_numpy()
+            return out
+        # only rows the current model never learnt from: the seed corpus's held-out rows are in
+        # seed-v1's training data, and a model always wins on rows it has seen
+        seen = rcp.trained_files(old.meta, root)
+        held = rows["held_out"].to_numpy() & ~rows["file"].map(lambda f: str(Path(f).resolve()) in seen).to_numpy()
+        if not held.any():
+            click.echo(f"not promoted: {current} learnt from every file the held-out rows come from, so they cannot "
+                       "compare the two; compare by hand (`feedback-nlp evaluate`, benchmarks/real_data.py) and use "
+                       "`feedback-nlp models promote` (or --force)", err=True)
+            return out
         X_held = emb.encode(rows.loc[held, "text"].tolist(), batch_size=settings.embed_batch_size)
+        new_metrics = rcp.evaluate_rows(held_model, rows[held], X_held)  # heads that never saw these rows either
         old_metrics = rcp.evaluate_rows(old, rows[held], X_held)
-        worse = registry.compare_sources(metrics, old_metrics, load_train_settings().promote_tolerance)
+        worse = registry.compare_sources(new_metrics, old_metrics, load_train_settings().promote_tolerance)
         if worse:
-            click.echo(f"not promoted: worse than {current} on the same held-out rows: " + "; ".join(worse), err=True)
-            return
-        reason = "held-out macro-F1 per source not worse than " + current
+            click.echo(f"not promoted: worse than {current} on the held-out rows it never learnt from: "
+                       + "; ".join(worse), err=True)
+            return out
+        reason = (f"not worse than {current} on {int(held.sum())} held-out rows it never learnt from ("
+                  + ", ".join(sorted(set(rows.loc[held, 'source']))) + ")")
     elif force:
         reason = "forced"
     registry.promote(out.parent, out.name, reason)
     if not quiet:
         click.echo(f"promoted {out.name} ({reason})")
+    return out
 
 
 @main.command(context_settings=CONTEXT)
@@ -570,12 +617,14 @@ def models_show(version: str) -> None:
 
 @models.command("promote", context_settings=CONTEXT)
 @click.argument("version")
+@click.option("--reason", default="promoted by hand", show_default=True,
+              help="Why, for models/HISTORY.jsonl (e.g. the figures that decided it).")
 @handle_errors
-def models_promote(version: str) -> None:
+def models_promote(version: str, reason: str) -> None:
     """Make VERSION the current model."""
     from feedback_nlp import registry
 
-    registry.promote(_models_root(), version, "promoted by hand")
+    registry.promote(_models_root(), version, reason)
     click.echo(f"current model: {version}")
 
 
@@ -673,6 +722,10 @@ def evaluate(model_path: str, data: tuple[str, ...], json_out: str | None, confi
         for label, v in tp["per_label"].items():
             if v["support"]:
                 click.echo(f"  {label:<19} {v['precision']:.3f}     {v['recall']:.3f}  {v['support']}")
+    fb = metrics.get("feedback")
+    if fb:
+        click.echo(f"feedback: {fb['judged_not_feedback']} of {fb['n']} labelled units judged not feedback "
+                   f"({fb['share_judged_not_feedback']:.1%}) before any run's own feedback prior")
     if json_out:
         Path(json_out).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 

@@ -414,15 +414,28 @@ def _brief(m: dict[str, Any]) -> dict[str, Any]:
 # --- building ----------------------------------------------------------------------------------
 
 
-def fingerprint_files(paths: list[Path]) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(set(paths)) if p.is_file()}
+def fingerprint_files(paths: list[Path], root: Path | None = None) -> dict[str, str]:
+    """SHA-256 of each file, keyed by its name under the benchmarks folder or the project (so two
+    machines that build from the same data record the same names)."""
+    return {_rel(p, root): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(set(paths)) if p.is_file()}
+
+
+def _created() -> str:
+    """Build time; SOURCE_DATE_EPOCH (the reproducible-builds convention) pins it, so two builds
+    of the same recipe on the same data are the same bytes, card and config included."""
+    import os
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch else dt.datetime.now(dt.timezone.utc)
+    return when.isoformat(timespec="seconds")
 
 
 def build(recipe: Recipe, root: Path, *, settings: Any, columns: Any, stage_ids: list[str], tp_labels: list[str],
           encode: Callable[[list[str]], np.ndarray], embedder_id: str, embedder_desc: str,
           model_id: str | None = None, log: Callable[[str], None] = lambda _: None,
-          rows: pd.DataFrame | None = None) -> tuple[Model, dict[str, Any]]:
-    """Read, embed, measure on the held-out rows, refit on the shipped rows: (model, metrics)."""
+          rows: pd.DataFrame | None = None) -> tuple[Model, dict[str, Any], Model]:
+    """Read, embed, measure on the held-out rows, refit on the shipped rows: (model, metrics,
+    the heads behind the metrics, which never saw the held-out rows)."""
     model_id = model_id or recipe.id
     rows = load_rows(recipe, root, settings=settings, columns=columns, stage_ids=stage_ids) if rows is None else rows
     unused = sorted(set(recipe.sources) - {s for h in recipe.heads.values() for s in h.sources})
@@ -444,13 +457,13 @@ def build(recipe: Recipe, root: Path, *, settings: Any, columns: Any, stage_ids:
                                   if s.options.get("mapping"))]
     data_files = sorted({Path(f) for f in rows["file"].unique()})
     model.meta = {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _created(),
         "feedback_nlp_version": __version__,
         "embedder": {"id": embedder_id, "description": embedder_desc},
         "recipe": {"id": recipe.id, "path": _rel(recipe.path), "description": recipe.description,
-                   "files": {_rel(k): v for k, v in fingerprint_files(files).items()},
+                   "files": fingerprint_files(files),
                    "commercial_use": recipe.commercial_use},
-        "sources": {name: _source_card(spec, rows[rows["source"] == name], recipe, final) for name, spec in
+        "sources": {name: _source_card(spec, rows[rows["source"] == name], recipe, root) for name, spec in
                     recipe.sources.items()},
         "training": {"mode": "recipe", "landmarks": recipe.landmarks, "kernel_gamma": recipe.kernel_gamma,
                      "calibration": model.calibration,
@@ -460,7 +473,7 @@ def build(recipe: Recipe, root: Path, *, settings: Any, columns: Any, stage_ids:
         "training_data": {
             "files": [],
             "rows": int(final.sum()),
-            "fingerprint": hashlib.sha256("".join(f"{k}={v}" for k, v in fingerprint_files(data_files).items())
+            "fingerprint": hashlib.sha256("".join(f"{k}={v}" for k, v in fingerprint_files(data_files, root).items())
                                           .encode()).hexdigest(),
             "per_language": {k: int(v) for k, v in rows.loc[final, "lang"].value_counts().sort_index().items()},
         },
@@ -471,20 +484,23 @@ def build(recipe: Recipe, root: Path, *, settings: Any, columns: Any, stage_ids:
                        "metrics": summary_metrics(metrics)},
         "seed": recipe.seed,
     }
-    return model, metrics
+    return model, metrics, held_model
 
 
-def _rel(path: str | Path) -> str:
+def _rel(path: str | Path, root: Path | None = None) -> str:
+    """A file's name for a card: `benchmarks/<path under the benchmarks folder>`, else its path in
+    the project, else the absolute path."""
     from feedback_nlp.config import project_root
 
     p = Path(path).resolve()
-    return str(p.relative_to(project_root())) if p.is_relative_to(project_root()) else str(p)
+    if root is not None and p.is_relative_to(root.resolve()):
+        return "benchmarks/" + p.relative_to(root.resolve()).as_posix()
+    return p.relative_to(project_root()).as_posix() if p.is_relative_to(project_root()) else str(p)
 
 
-def _source_card(spec: SourceSpec, rows: pd.DataFrame, recipe: Recipe, final: np.ndarray) -> dict[str, Any]:
+def _source_card(spec: SourceSpec, rows: pd.DataFrame, recipe: Recipe, root: Path) -> dict[str, Any]:
     shipped = rows[rows["final"]]
-    files = sorted({_rel(f) if "benchmarks" not in str(f) else str(Path(f).relative_to(Path(f).parents[2]))
-                    for f in shipped["file"].unique()})
+    files = sorted({_rel(f, root) for f in shipped["file"].unique()})
     return {"reader": spec.reader, "licence": spec.licence, "origin": spec.origin,
             "commercial_use": spec.commercial_use, "files": files,
             "rows_used": int(len(shipped)), "held_out_rows": int(rows["held_out"].sum()),
@@ -521,6 +537,9 @@ def recipe_card(model: Model) -> tuple[str, str]:
         + ("; stage and sentiment heads also read the texts' SentencePiece pieces (hashed, TF-IDF)" if model.lexicon is not None else "")
         + (f"; stage probabilities are the product of the kernel head and a lexical head (weight "
            f"{model.stage_lexical_weight:g})" if model.stage_lexical is not None else ""),
+        "- Calibration (bias-corrected temperature scaling on the held-out rows): " + ("; ".join(
+            f"{h} T {c['temperature']:g}" + (f", bias {', '.join(f'{b:+.2f}' for b in c['bias'])}" if c.get("bias") else "")
+            for h, c in model.calibration.items()) or "none"),
         "",
         "## Sources",
         "",
@@ -562,3 +581,34 @@ def recipe_card(model: Model) -> tuple[str, str]:
     card_json = json.dumps({"model_id": model.model_id, "embedder_id": model.embedder_id, **meta}, indent=2,
                            ensure_ascii=False) + "\n"
     return "\n".join(lines), card_json
+
+
+def with_labels(recipe: Recipe, files: list[str], *, weight_of: str = "seed") -> Recipe:
+    """The recipe plus newly labelled files (`train --labels` on a recipe-built model): a source
+    `labels` that every head learning from `weight_of` also learns from, with the same weight,
+    so a week's labels join the real data instead of replacing it."""
+    spec = SourceSpec(name="labels", reader="labelled", licence="the labeller's (train --labels)",
+                      origin="labelled samples: " + ", ".join(files), options={"paths": list(files)})
+    heads = {h: dataclasses.replace(s, sources={**s.sources, "labels": s.sources[weight_of]})
+             if weight_of in s.sources else s for h, s in recipe.heads.items()}
+    return dataclasses.replace(recipe, sources={**recipe.sources, "labels": spec}, heads=heads)
+
+
+def trained_files(meta: dict[str, Any], root: Path) -> set[str]:
+    """Absolute paths of every file a model learnt from, by its card: a recipe model's sources
+    (`benchmarks/...` under `root`), or a `train` model's files and folders (every file in them)."""
+    from feedback_nlp.config import project_root
+
+    def absolute(name: str) -> Path:
+        if name.startswith("benchmarks/"):
+            return (root / name[len("benchmarks/"):]).resolve()
+        p = Path(name)
+        return (p if p.is_absolute() else project_root() / p).resolve()
+
+    names = [f for s in meta.get("sources", {}).values() for f in s.get("files", [])]
+    names += list(meta.get("training_data", {}).get("files", []))
+    out: set[str] = set()
+    for name in names:
+        p = absolute(name)
+        out |= {str(f.resolve()) for f in p.rglob("*") if f.is_file()} if p.is_dir() else {str(p)}
+    return out

@@ -149,5 +149,6 @@ def test_cli_evaluate_reports_per_language_per_class_and_touchpoints(tmp_path):
     assert "confusion (rows true, columns predicted)" in res.output
     assert "touchpoints: micro-F1" in res.output
     m = json.loads((tmp_path / "m.json").read_text())
-    assert set(m) == {"stage", "sentiment", "touchpoints"}
+    assert set(m) == {"stage", "sentiment", "touchpoints", "feedback"}
+    assert "labelled units judged not feedback" in res.output
     assert 0 <= m["stage"]["macro_f1"] <= 1 and m["stage"]["calibration"]["bins"]

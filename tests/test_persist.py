@@ -14,17 +14,59 @@ def test_persist_shipped_model_loads_and_records_its_embedder(model):
     assert model.meta["training_data"]["fingerprint"]
 
 
+TEXTS = ["la fattura è sbagliata 😡", "Router arrived late", "¿cuándo llega el técnico?", "super Service, danke",
+         "le match d'hier soir", "a greve dos comboios"]
+
+
 def test_persist_save_load_gives_identical_predictions(tmp_path, model):
-    X = np.random.default_rng(0).normal(size=(5, model.features.n_features_in_)).astype(np.float32)
+    X = np.random.default_rng(0).normal(size=(6, model.features.n_features_in_)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
     save_model(model, tmp_path / "m")
     back = load_model(tmp_path / "m")
-    np.testing.assert_array_equal(back.stage.predict_proba(back.featurize(X)), model.stage.predict_proba(model.featurize(X)))
-    np.testing.assert_array_equal(back.sentiment.predict_proba(back.featurize(X)),
-                                  model.sentiment.predict_proba(model.featurize(X)))
-    F = model.featurize(X)
-    assert model.features is not None
-    np.testing.assert_array_equal(back.featurize(X), F)
-    np.testing.assert_array_equal(back.touchpoints.predict_proba(F), model.touchpoints.predict_proba(F))
+    assert back.calibration == model.calibration
+    for a, b in zip(back.probabilities(X, TEXTS), model.probabilities(X, TEXTS)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(back.featurize(X), model.featurize(X))
+
+
+def test_persist_the_default_model_is_a_recipe_model_that_says_where_its_data_came_from(model):
+    assert model.feedback is not None and model.sentiment_other is not None and model.lexicon is not None
+    assert model.features.normalization_ is None  # saved folded
+    assert set(model.calibration) == {"stage", "sentiment", "sentiment_other", "feedback"}
+    meta = model.meta
+    assert meta["recipe"]["path"] == "configs/recipes/default.yaml" and meta["recipe"]["commercial_use"]
+    sources = meta["sources"]
+    assert set(sources) == {"seed", "social", "umsab", "banking77"}
+    for s in sources.values():
+        assert s["licence"] and s["origin"] and s["rows_used"] > 0 and s["weights"]
+    assert sources["umsab"]["files"][0].startswith("benchmarks/umsab/")
+    assert not any("val_" in f for s in sources.values() for f in s["files"])  # never a validation split
+
+
+def test_persist_a_format_1_model_still_loads_and_predicts(tmp_path):
+    from conftest import ROOT
+
+    old = load_model(ROOT / "models" / "seed-v1")
+    assert old.feedback is None and old.lexicon is None and old.calibration == {}
+    X = np.random.default_rng(1).normal(size=(3, 512)).astype(np.float32)
+    p = old.probabilities(X)
+    assert p.feedback is None and np.allclose(p.stage.sum(axis=1), 1.0)
+
+
+def test_persist_refuses_a_bad_calibration_block(tmp_path, model):
+    import hashlib
+
+    folder = save_model(model, tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["calibration"]["stage"]["temperature"] = -1
+    (folder / "config.json").write_text(json.dumps(cfg))
+    man = json.loads((folder / "manifest.json").read_text())
+    man["config.json"] = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(FeedbackError, match=r"\[E404\].*temperature of 'stage' must be above 0"):
+        load_model(folder)
 
 
 def test_persist_refuses_a_tampered_folder(tmp_path, model):
