@@ -152,6 +152,20 @@ def germeval(ctx: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def fold_model(ctx: dict[str, Any], recipe: rcp.Recipe, rows: pd.DataFrame, X: np.ndarray, source: str,
+               test: np.ndarray) -> Model:
+    """The recipe's model for one fold of `source`: heads on every other source's rows the recipe
+    does not hold out plus the source's rows outside the fold, calibrated on the other sources'
+    held-out rows (as `build` calibrates on held-out rows)."""
+    own = (rows["source"] == source).to_numpy()
+    train = (~own & ~rows["held_out"].to_numpy()) | own
+    train[test] = False
+    model = rcp.fit_heads(rows[train], X[train], recipe, model_id="cv", embedder_id=ctx["embedder_id"])
+    cal = ~own & rows["held_out"].to_numpy()
+    model.calibration = rcp.calibration(model, rows[cal], X[cal])
+    return model
+
+
 def germeval_cv(ctx: dict[str, Any], ge: pd.DataFrame, X_ge: np.ndarray) -> dict[str, float]:
     """The non-commercial recipe refit with GermEval dev in folds: each fold's documents are
     classified by heads that never saw them."""
@@ -167,10 +181,7 @@ def germeval_cv(ctx: dict[str, Any], ge: pd.DataFrame, X_ge: np.ndarray) -> dict
     folds = StratifiedKFold(ctx["folds"], shuffle=True, random_state=0)
     for k, (a, b) in enumerate(folds.split(ge_idx, y[ge_idx])):
         t0 = time.time()
-        train = ~is_ge.copy()
-        train[ge_idx[a]] = True
-        train &= rows["final"].to_numpy()
-        model = rcp.fit_heads(rows[train], X[train], recipe, model_id="cv", embedder_id=ctx["embedder_id"])
+        model = fold_model(ctx, recipe, rows, X, "germeval", ge_idx[b])
         test = rows.iloc[ge_idx[b]]
         texts = test["text"].tolist()
         Xt = X[ge_idx[b]]
@@ -200,17 +211,14 @@ def banking77(ctx: dict[str, Any]) -> dict[str, Any]:
     folds = StratifiedKFold(ctx["folds"], shuffle=True, random_state=0)
     for k, (a, b) in enumerate(folds.split(b_idx, intents)):
         t0 = time.time()
-        train = ~is_b.copy()
-        train[b_idx[a]] = True
-        train &= rows["final"].to_numpy()
-        model = rcp.fit_heads(rows[train], X[train], recipe, model_id="cv", embedder_id=ctx["embedder_id"])
+        model = fold_model(ctx, recipe, rows, X, "banking77", b_idx[b])
         test = rows.iloc[b_idx[b]]
         p = model.probabilities(X[b_idx[b]], test["text"].tolist())
         pred[b] = model.stage.classes_[p.stage.argmax(1)]
         judged[b] = p.feedback if p.feedback is not None else 1.0
         print(f"  Banking77 fold {k + 1}/{ctx['folds']}: {time.time() - t0:.0f} s", file=sys.stderr)
     out = {"n": int(len(b_idx)), "accuracy": accuracy_score(truth, pred),
-           "macro_f1": f1_score(truth, pred, average="macro"),
+           "macro_f1": f1_score(truth, pred, labels=sorted(set(truth)), average="macro"),  # no support in Banking77
            "per_stage": {s: float((pred[truth == s] == s).mean()) for s in sorted(set(truth))},
            "judged_feedback": float((judged >= 0.5).mean())}
     print(f"\n## Banking77 stages, {ctx['folds']}-fold CV on train ({len(b_idx)} requests, "
