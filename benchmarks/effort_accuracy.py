@@ -76,8 +76,7 @@ def main() -> None:
     for path in sorted(TEST.glob("*.jsonl")):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         texts = [r["text"] for r in rows]
-        F = model.featurize(emb.encode(texts))
-        P = (model.touchpoints.predict_proba(F) >= s.touchpoint_min_probability).astype(int)
+        P = (model.probabilities(emb.encode(texts), texts).touchpoints >= s.touchpoint_min_probability).astype(int)
         Y = np.array([[int(t in r["touchpoints"]) for t in labels] for r in rows])
         present = Y.sum(axis=0) > 0
         micro = f1_score(Y, P, average="micro", zero_division=0)
