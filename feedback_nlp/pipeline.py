@@ -207,11 +207,7 @@ class Outputs:
             shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
-        if self._parquet is not None:
-            try:
-                self._parquet.close()
-            except Exception:
-                pass
+        _close_quietly(self._parquet)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -444,13 +440,18 @@ class ShiftPass:
             start = stop
 
     def close(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:
-                pass
-            self._writer = None
+        _close_quietly(self._writer)
+        self._writer = None
         self.path.unlink(missing_ok=True)
+
+
+def _close_quietly(writer: Any) -> None:
+    """Close a Parquet writer on the way out of a failed run; its error would hide the run's."""
+    if writer is not None:
+        try:
+            writer.close()
+        except Exception:
+            pass
 
 
 class _Warmer:
