@@ -401,7 +401,7 @@ def main() -> None:
     ctx = {"root": root, "settings": settings, "journey": journey, "models": models, "embed": embed,
            "embedder_id": embed.emb.id, "rows": rows, "recipe": args.recipe, "folds": args.folds,
            "nc_recipe": args.nc_recipe or None}
-    print(f"models: " + ", ".join(f"{k} = {m.model_id}" for k, m in models.items()))
+    print("models: " + ", ".join(f"{k} = {m.model_id}" for k, m in models.items()))
     figures: dict[str, Any] = {}
     try:
         for section in only:

@@ -15,7 +15,6 @@ labels a set does not have, so each head trains on the rows that carry its label
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -203,7 +202,3 @@ def describe(df: pd.DataFrame) -> dict[str, Any]:
             "with_sentiment": int((df["sentiment"] != "").sum()),
             "with_feedback": int((df["feedback"] != "").sum()),
             "languages": {k: int(v) for k, v in df["lang"].value_counts().sort_index().items()}}
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True)
