@@ -52,7 +52,8 @@ def common_options(fn: Callable) -> Callable:
                           "Fields: text, id, created_at, channel, source, language, segment, nps, csat, "
                           "resolution_hours, fcr. Repeatable."),
         click.option("--embedder", default=None,
-                     help="'use-m3' (default), 'use-m3-onnx', 'use-m3-static' or a sentence-transformers "
+                     help="'use-m3' (default), 'use-m3-torch' (the same embeddings in torch: faster, GPU-able), "
+                          "'use-m3-onnx', 'use-m3-static' or a sentence-transformers "
                           "model folder on disk."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary on stderr/stdout."),
     ]

