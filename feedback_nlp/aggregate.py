@@ -16,8 +16,8 @@ import pandas as pd
 from feedback_nlp.config import Settings
 from feedback_nlp.drivers import combine_drivers, driver_partial
 from feedback_nlp.effort import EFFORT, combine_effort, effort_partial
-from feedback_nlp.records import UNASSIGNED
-from feedback_nlp.score import combine, partial_aggregate, score_table, top_quotes, touchpoint_partial
+from feedback_nlp.records import UNASSIGNED, unit_keys
+from feedback_nlp.score import combine, merge_quotes, partial_aggregate, score_table, top_quotes, touchpoint_partial
 
 TP_KEYS = ["touchpoint", "stage"]
 # What the touchpoint quotes and the effort sums read (a unit chunk has forty more columns).
@@ -47,6 +47,16 @@ class Counts:
     def add_blanked(self, blanked: dict[str, int]) -> None:
         for k, v in blanked.items():
             self.blanked_values[k] = self.blanked_values.get(k, 0) + v
+
+    def merge(self, other: "Counts") -> None:
+        """Add another chunk's or partition's counts into these."""
+        for name, value in other.__dict__.items():
+            if isinstance(value, dict):
+                mine = getattr(self, name)
+                for k, v in value.items():
+                    mine[k] = mine.get(k, 0) + v
+            else:
+                setattr(self, name, getattr(self, name) + value)
 
 
 @dataclass
@@ -135,7 +145,7 @@ class Accumulator:
         if not mask.any():
             return
         idx = np.flatnonzero(mask)
-        keys = self._rng.random(len(idx))
+        keys = _keys(units, self._rng)[idx]
         if self._neg_cut is not None:
             keep = keys < self._neg_cut
             idx, keys = idx[keep], keys[keep]
@@ -158,6 +168,28 @@ class Accumulator:
         self._neg_units = [units.iloc[keep].reset_index(drop=True)]
         self._neg_emb = [np.vstack(self._neg_emb)[keep]]
         self._neg_keys = [keys[keep]]
+
+    def merge(self, other: "Accumulator") -> "Accumulator":
+        """Add another partition's state into this one (this one's units first): what a
+        distributed run reduces partition by partition. With units that carry `item_id` and
+        `unit_idx` the merged state is the one a single pass over both would have built (the
+        negative sample is bottom-k by a hash of the unit, quotes break ties by unit); sums
+        can differ in their last bits, by summation order."""
+        self.counts.merge(other.counts)
+        self._partial = combine([self._partial, other._partial])
+        self._tp_partial = combine([self._tp_partial, other._tp_partial], TP_KEYS)
+        n = self.settings.quotes_per_stage
+        self._quotes = merge_quotes(self._quotes, other._quotes, n)
+        self._tp_quotes = merge_quotes(self._tp_quotes, other._tp_quotes, n)
+        self._drivers = combine_drivers([self._drivers, other._drivers])
+        self._effort = combine_effort([self._effort, other._effort], ["stage"])
+        self._neg_units += other._neg_units
+        self._neg_emb += other._neg_emb
+        self._neg_keys += other._neg_keys
+        cuts = [c for c in (self._neg_cut, other._neg_cut) if c is not None]
+        self._neg_cut = min(cuts) if cuts else None
+        self._cut_negative()
+        return self
 
     def finish(self) -> Aggregates:
         s = self.settings
@@ -182,3 +214,10 @@ class Accumulator:
 
     def run_record(self, **extra: Any) -> dict[str, Any]:
         return {"counts": self.counts.__dict__, **extra}
+
+
+def _keys(units: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    """Sampling keys: the unit's hash where units carry their identity, else random draws."""
+    if {"item_id", "unit_idx"} <= set(units.columns):
+        return unit_keys(units)
+    return rng.random(len(units))

@@ -284,6 +284,7 @@ class Settings:
     chunk_size: int = 2000
     workers: int | str = "auto"
     workers_min_chunks: int = 8
+    units_single_file_max: int = 2_000_000
     max_text_chars: int = 20000
     languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
     detect_languages: tuple[str, ...] = ("it", "pt", "en", "es", "fr", "de")
@@ -329,6 +330,7 @@ class Settings:
             ("workers", self.workers == "auto" or (isinstance(self.workers, int)
                                                   and not isinstance(self.workers, bool) and self.workers >= 0)),
             ("workers_min_chunks", self.workers_min_chunks >= 1),
+            ("units_single_file_max", self.units_single_file_max >= 0),
             ("max_text_chars", self.max_text_chars >= 1),
             ("language_min_confidence", 0 <= self.language_min_confidence <= 1),
             ("language_max_chars", self.language_max_chars >= 0),

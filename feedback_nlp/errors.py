@@ -81,3 +81,4 @@ class Reason(str, Enum):
     DUPLICATE_ID = "duplicate_id"
     NO_CONTENT_AFTER_CLEANING = "no_content_after_cleaning"
     BAD_VALUE = "bad_value"
+    PARTITION_FAILED = "partition_failed"  # the Dask engine: a partition's steps raised on its data

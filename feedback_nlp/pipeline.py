@@ -20,7 +20,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ from feedback_nlp.config import ColumnMap, JourneyMap, Settings
 from feedback_nlp.errors import Reason
 from feedback_nlp.language import language_chunk
 from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarantine_frame, read_raw_chunks
-from feedback_nlp.records import QUARANTINED
+from feedback_nlp.records import QUARANTINED, unit_keys
 from feedback_nlp.effort import effort_chunk
 from feedback_nlp.segment import segment_chunk
 from feedback_nlp.shift import PriorSample, Priors, estimate, train_priors
@@ -138,6 +138,20 @@ def process_chunk(items: pd.DataFrame, *, settings: Settings, journey: JourneyMa
     return units, emb, q
 
 
+def read_items(files: list[Path], settings: Settings, columns: ColumnMap,
+               counts: Counts) -> Iterator[tuple[Path, pd.DataFrame, tuple[pd.DataFrame, ...]]]:
+    """(file, items, the read's quarantine frames) per chunk of every file, in input order; an
+    id read twice in the run keeps its first row (the later ones are quarantined)."""
+    seen: dict[str, str] = {}
+    for path in files:
+        for raw, bad in read_raw_chunks(path, settings.chunk_size):
+            counts.rows_read += len(raw) + len(bad)
+            mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
+            counts.add_blanked(mapped.blanked)
+            items, dup_q = drop_duplicate_ids(mapped.items, seen)
+            yield path, items, (quarantine_frame(bad), mapped.quarantine, dup_q)
+
+
 @dataclass
 class RunResult:
     out_dir: Path
@@ -223,7 +237,6 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     acc = Accumulator(settings)
     acc.counts.files = len(files)
     out = Outputs(Path(out_dir), write_csv)
-    seen: dict[str, str] = {}
     bar = _progress_bar(quiet)
     clock = StepClock()
     n_workers = resolve_workers(settings.workers, threads=settings.threads,
@@ -271,30 +284,24 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
         finish(units, emb, empty_q, order.popleft())
 
     try:
-        for path in files:
+        for path, items, read_q in read_items(files, settings, columns, acc.counts):
             if not order:  # once workers run, reading is ahead of the scoring: the bar says workers
                 bar.set_description(f"{path.name}")
-            for raw, bad in read_raw_chunks(path, settings.chunk_size):
-                acc.counts.rows_read += len(raw) + len(bad)
-                mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
-                acc.counts.add_blanked(mapped.blanked)
-                items, dup_q = drop_duplicate_ids(mapped.items, seen)
-                read_q = (quarantine_frame(bad), mapped.quarantine, dup_q)
-                if pool is None:
-                    in_process(items, read_q)
-                    continue
-                held.append((items, read_q))
-                held_rows += len(raw) + len(bad)
-                if not order and held_rows < settings.workers_min_chunks * settings.chunk_size:
-                    continue  # not started yet (once started, `order` is never empty until the end)
-                if not order:
-                    bar.set_description(f"{n_workers} workers")
-                for chunk_items, chunk_q in held:
-                    pool.submit(chunk_items)
-                    order.append(chunk_q)
-                held.clear()
-                while pool.full():
-                    collect()
+            if pool is None:
+                in_process(items, read_q)
+                continue
+            held.append((items, read_q))
+            held_rows += len(items) + sum(len(q) for q in read_q)
+            if not order and held_rows < settings.workers_min_chunks * settings.chunk_size:
+                continue  # not started yet (once started, `order` is never empty until the end)
+            if not order:
+                bar.set_description(f"{n_workers} workers")
+            for chunk_items, chunk_q in held:
+                pool.submit(chunk_items)
+                order.append(chunk_q)
+            held.clear()
+            while pool.full():
+                collect()
         for chunk_items, chunk_q in held:  # a small input, read whole: the bar names each chunk's file
             if len(chunk_items):
                 bar.set_description(Path(str(chunk_items["source_file"].iloc[0])).name)
@@ -315,22 +322,9 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
             shift.close()
         out.close(empty_units if empty_units is not None else pd.DataFrame())
         agg = acc.finish()
-        run = {
-            "feedback_nlp_version": __version__,
-            "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(time.time() - started, 2),
-            "inputs": [str(f) for f in files],
-            "model_id": model.model_id,
-            "embedder_id": embedder.id,
-            "journey_map": journey.path,
-            "zero_shot_stages": list(prototypes.zero_shot) if prototypes else [],
-            "zero_shot_touchpoints": list(tp_prototypes.ids) if tp_prototypes else [],
-            "settings": settings.to_dict(),
-            "counts": agg.counts.__dict__,
-            "label_shift": priors.to_dict() if priors else None,
-            "workers": used_workers,
-            "step_seconds": {k: round(v, 2) for k, v in clock.seconds.items()},  # summed over workers
-        }
+        run = run_record(started=started, files=files, model=model, embedder=embedder, journey=journey,
+                         prototypes=prototypes, tp_prototypes=tp_prototypes, settings=settings, counts=agg.counts,
+                         priors=priors, workers=used_workers, clock=clock)
         jm = write_outputs(out, journey, agg, run)
         out.commit()
     except BaseException:
@@ -360,7 +354,7 @@ class ShiftPass:
     """
 
     def __init__(self, folder: Path, settings: Settings, model: Model, *, chunk_size: int,
-                 max_candidates: int, candidate_min_negative: float = 0.1, seed: int = 0) -> None:
+                 max_candidates: int, candidate_min_negative: float = 0.1) -> None:
         self.path = folder / ".units.raw.parquet"
         self.settings = settings
         self.trained = train_priors(model)
@@ -368,7 +362,6 @@ class ShiftPass:
         self.max_candidates = max_candidates
         self.candidate_min_negative = candidate_min_negative
         self.sample = PriorSample()
-        self._rng = np.random.default_rng(seed)
         self._writer: Any = None
         self._schema: Any = None
         self._row = 0                                   # units written so far
@@ -388,7 +381,7 @@ class ShiftPass:
         idx = np.flatnonzero(units["p_negative"].to_numpy() >= self.candidate_min_negative)
         if len(idx):
             self._cand_rows.append(self._row + idx)
-            self._cand_keys.append(self._rng.random(len(idx)))
+            self._cand_keys.append(unit_keys(units)[idx])
             self._cand_emb.append(np.asarray(emb)[idx])
             if sum(len(k) for k in self._cand_keys) > self.max_candidates * 3 // 2:
                 self._cut()
@@ -404,9 +397,7 @@ class ShiftPass:
         self._cand_keys = [keys[keep]]
 
     def estimate(self) -> Priors:
-        s = self.settings
-        return estimate(self.sample.frame(), self.trained, heads=s.label_shift, min_units=s.label_shift_min_units,
-                        feedback_min_probability=s.feedback_min_probability, feedback_sources=s.feedback_sources)
+        return estimate_priors(self.sample, self.trained, self.settings)
 
     def replay(self, priors: Priors, *, stage_ids: list[str]):
         """(units corrected and relabelled, embeddings, which rows have one) per chunk, in order."""
@@ -423,26 +414,63 @@ class ShiftPass:
         rows, vecs = rows[order], vecs[order]
         start = 0
         s = self.settings
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.chunk_size):
-            units = batch.to_pandas()
+        pf = pq.ParquetFile(self.path)
+        for group in range(pf.num_row_groups):  # one per chunk written: whole items (they are counted per chunk)
+            units = pf.read_row_group(group).to_pandas()
             stop = start + len(units)
             lo, hi = np.searchsorted(rows, [start, stop])
             emb = np.zeros((len(units), vecs.shape[1] if len(vecs) else 0), dtype=np.float32)
             embedded = np.zeros(len(units), dtype=bool)
             emb[rows[lo:hi] - start] = vecs[lo:hi]
             embedded[rows[lo:hi] - start] = True
-            units = apply_priors(units, priors, self.trained, feedback_min_probability=s.feedback_min_probability,
-                                 feedback_sources=s.feedback_sources)
-            units = label_units(units, stage_ids=stage_ids, stage_min_confidence=s.stage_min_confidence,
-                                feedback_min_probability=s.feedback_min_probability,
-                                feedback_sources=s.feedback_sources)
-            yield units, emb, embedded
+            yield relabel(units, priors, self.trained, s, stage_ids), emb, embedded
             start = stop
 
     def close(self) -> None:
         _close_quietly(self._writer)
         self._writer = None
         self.path.unlink(missing_ok=True)
+
+
+def relabel(units: pd.DataFrame, priors: Priors, trained: dict, settings: Settings,
+            stage_ids: list[str]) -> pd.DataFrame:
+    """Raw probabilities -> corrected for the run's class mix, and labelled."""
+    s = settings
+    units = apply_priors(units, priors, trained, feedback_min_probability=s.feedback_min_probability,
+                         feedback_sources=s.feedback_sources)
+    return label_units(units, stage_ids=stage_ids, stage_min_confidence=s.stage_min_confidence,
+                       feedback_min_probability=s.feedback_min_probability, feedback_sources=s.feedback_sources)
+
+
+def estimate_priors(sample: PriorSample, trained: dict, settings: Settings) -> Priors:
+    s = settings
+    return estimate(sample.frame(), trained, heads=s.label_shift, min_units=s.label_shift_min_units,
+                    feedback_min_probability=s.feedback_min_probability, feedback_sources=s.feedback_sources)
+
+
+def run_record(*, started: float, files: list[Path], model: Model, embedder: EmbedderLike, journey: JourneyMap,
+               prototypes: StagePrototypes | None, tp_prototypes: TouchpointPrototypes | None, settings: Settings,
+               counts: Counts, priors: Priors, workers: int, clock: StepClock, engine: str = "local",
+               **extra: Any) -> dict[str, Any]:
+    """run.json: what produced the outputs (the same for every engine)."""
+    return {
+        "feedback_nlp_version": __version__,
+        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 2),
+        "inputs": [str(f) for f in files],
+        "model_id": model.model_id,
+        "embedder_id": embedder.id,
+        "journey_map": journey.path,
+        "zero_shot_stages": list(prototypes.zero_shot) if prototypes else [],
+        "zero_shot_touchpoints": list(tp_prototypes.ids) if tp_prototypes else [],
+        "settings": settings.to_dict(),
+        "counts": counts.__dict__,
+        "label_shift": priors.to_dict() if priors else None,
+        "engine": engine,
+        "workers": workers,
+        "step_seconds": {k: round(v, 2) for k, v in clock.seconds.items()},  # summed over workers
+        **extra,
+    }
 
 
 def _close_quietly(writer: Any) -> None:

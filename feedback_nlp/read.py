@@ -8,11 +8,14 @@ the line number).
 
 from __future__ import annotations
 
+import csv
+import glob
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -36,7 +39,8 @@ _FALSE = {"false", "f", "no", "n", "0", "não", "nao", "non", "nein", "falso"}
 
 
 def discover(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand folders (recursively, sorted) and check every file has a known format."""
+    """Expand folders (recursively, sorted) and glob patterns (`dumps/2026-11-*.csv`,
+    `exports/**/*.jsonl`; sorted) and check every file has a known format."""
     files: list[Path] = []
     for raw in inputs:
         p = Path(raw)
@@ -46,6 +50,12 @@ def discover(inputs: Iterable[str | Path]) -> list[Path]:
                 raise InputError(
                     "E100", f"{p}: folder holds no {', '.join(sorted(FORMATS))} files"
                 )
+            files.extend(found)
+        elif not p.exists() and _is_glob(str(raw)):
+            matched = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
+            found = [f for f in matched if f.is_file() and f.suffix.lower() in FORMATS]
+            if not found:
+                raise InputError("E102", f"{raw}: the pattern matches no {', '.join(sorted(FORMATS))} files")
             files.extend(found)
         elif p.is_file():
             if p.suffix.lower() not in FORMATS:
@@ -58,6 +68,10 @@ def discover(inputs: Iterable[str | Path]) -> list[Path]:
         else:
             raise InputError("E102", f"{p}: no such file or folder")
     return files
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
 
 
 def quarantine_frame(rows: list[dict]) -> pd.DataFrame:
@@ -99,15 +113,16 @@ def _split_bad_utf8(path: Path, df: pd.DataFrame) -> tuple[pd.DataFrame, list[di
     return df.loc[~mask], bad_rows
 
 
-def _read_delimited(path: Path, sep: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[dict]]]:
+def _read_delimited(path: Path, sep: str, chunk_size: int, *, source: Any = None,
+                    row_offset: int = 0) -> Iterator[tuple[pd.DataFrame, list[dict]]]:
     try:
         reader = pd.read_csv(
-            path, sep=sep, dtype=object, keep_default_na=False, chunksize=chunk_size,
-            encoding="utf-8", encoding_errors="surrogateescape", skip_blank_lines=False,
+            path if source is None else source, sep=sep, dtype=object, keep_default_na=False,
+            chunksize=chunk_size, encoding="utf-8", encoding_errors="surrogateescape", skip_blank_lines=False,
         )
         for chunk in reader:
             chunk.columns = [_decode_header(path, c) for c in chunk.columns]
-            chunk[ROW] = chunk.index.to_numpy() + 1
+            chunk[ROW] = chunk.index.to_numpy() + 1 + row_offset
             yield _split_bad_utf8(path, chunk)
     except pd.errors.EmptyDataError as e:
         raise InputError("E103", f"{path}: file is empty (no header, no rows)") from e
@@ -137,7 +152,8 @@ def _jsonl_value(v: object) -> object:
     return str(v)
 
 
-def _read_jsonl(path: Path, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[dict]]]:
+def _read_jsonl(path: Path, chunk_size: int, *, start: int = 0, end: int | None = None,
+                first_line: int = 1) -> Iterator[tuple[pd.DataFrame, list[dict]]]:
     try:
         fh = open(path, "rb")
     except OSError as e:
@@ -145,10 +161,11 @@ def _read_jsonl(path: Path, chunk_size: int) -> Iterator[tuple[pd.DataFrame, lis
     with fh:
         if fh.read(1) == b"":
             raise InputError("E103", f"{path}: file is empty (no JSON lines)")
-        fh.seek(0)
+        fh.seek(start)
+        lines: Iterable[bytes] = fh if end is None else _lines_until(fh, end - start)
         records: list[dict] = []
         bad: list[dict] = []
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in enumerate(lines, start=first_line):
             if not raw.strip():
                 continue
             try:
@@ -178,20 +195,41 @@ def _read_jsonl(path: Path, chunk_size: int) -> Iterator[tuple[pd.DataFrame, lis
             yield df, bad
 
 
-def _read_parquet(path: Path, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[dict]]]:
+def _parquet_file(path: Path) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a corrupt or empty file
         raise InputError("E107", f"{path}: not a readable Parquet file: {e}") from e
+
+
+def _read_parquet(path: Path, chunk_size: int, *, start: int = 0,
+                  stop: int | None = None) -> Iterator[tuple[pd.DataFrame, list[dict]]]:
+    pf = _parquet_file(path)
     offset = 0
-    for batch in pf.iter_batches(batch_size=chunk_size):
-        df = batch.to_pandas()
+    groups = None
+    if start or stop is not None:  # a block: only the row groups that hold rows start..stop-1
+        md = pf.metadata
+        groups, first = [], 0
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if first + n > start and (stop is None or first < stop):
+                if not groups:
+                    offset = first
+                groups.append(g)
+            first += n
+    for batch in pf.iter_batches(batch_size=chunk_size, row_groups=groups):
+        lo, hi = max(start - offset, 0), len(batch) if stop is None else min(stop - offset, len(batch))
+        if hi <= lo:
+            offset += len(batch)
+            continue
+        df = batch.slice(lo, hi - lo).to_pandas()
+        offset += lo
         for col in df.columns:
             df[col] = df[col].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else _jsonl_value(v)).astype(object)
         df[ROW] = np.arange(offset + 1, offset + len(df) + 1)
-        offset += len(df)
+        offset += len(batch) - lo
         yield df, []
 
 
@@ -205,6 +243,99 @@ def read_raw_chunks(path: Path, chunk_size: int) -> Iterator[tuple[pd.DataFrame,
     if fmt == "jsonl":
         return _read_jsonl(path, chunk_size)
     return _read_parquet(path, chunk_size)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A partition of one input file, readable on its own by any machine that sees the file:
+    a byte range of whole records (CSV, TSV, JSONL) or a range of rows (Parquet). `first_row`
+    is its first record's row number in the file, so quarantine rows name the file's rows."""
+
+    path: str
+    start: int          # byte offset (Parquet: row index)
+    end: int            # byte offset past the last record (Parquet: row index past the last)
+    first_row: int      # 1-based record number (JSONL: line number) of the first record
+    rows: int           # records (JSONL: lines) in the block
+
+    @property
+    def name(self) -> str:
+        return f"{Path(self.path).name}:{self.first_row}-{self.first_row + self.rows - 1}"
+
+
+def plan_blocks(path: Path, rows: int) -> list[Block]:
+    """Split a file into blocks of about `rows` records, on record boundaries: a CSV record may
+    span lines inside quotes, so CSV and TSV are scanned with the csv module (the same quoting
+    rules as pandas' parser); JSONL splits on lines; Parquet on row numbers. An empty file is
+    one block, whose reading raises the same error as the local engine's."""
+    fmt = FORMATS[path.suffix.lower()]
+    if fmt == "parquet":
+        n = _parquet_file(path).metadata.num_rows
+        return [Block(str(path), a, min(a + rows, n), a + 1, min(rows, n - a)) for a in range(0, n, rows)] or \
+            [Block(str(path), 0, 0, 1, 0)]
+    try:
+        fh = open(path, "rb")
+    except OSError as e:
+        raise InputError("E105", f"{path}: cannot read file: {e}") from e
+    blocks: list[Block] = []
+    with fh:
+        pos = len(fh.readline()) if fmt != "jsonl" else 0  # CSV and TSV blocks start after the header
+        start, first, n = pos, 1, 0
+        if fmt == "jsonl":
+            for line in fh:
+                pos += len(line)
+                n += 1
+                if n == rows:
+                    blocks.append(Block(str(path), start, pos, first, n))
+                    start, first, n = pos, first + n, 0
+        else:
+            consumed = [pos]
+
+            def lines() -> Iterator[str]:
+                for line in fh:
+                    consumed[0] += len(line)
+                    yield line.decode("utf-8", "surrogateescape")
+
+            try:
+                for _ in csv.reader(lines(), delimiter="\t" if fmt == "tsv" else ","):
+                    n += 1
+                    if n == rows:
+                        blocks.append(Block(str(path), start, consumed[0], first, n))
+                        start, first, n = consumed[0], first + n, 0
+            except csv.Error:  # a file pandas may still read (or refuse, with the local engine's error)
+                return [Block(str(path), 0, -1, 1, 0)]
+            pos = consumed[0]
+        if n or not blocks:
+            blocks.append(Block(str(path), start, pos, first, n))
+    return blocks
+
+
+def read_block(block: Block, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[dict]]]:
+    """(raw chunk, quarantine rows) of one block: the same parsing and the same rules as
+    `read_raw_chunks` on the whole file, row numbers included."""
+    path = Path(block.path)
+    fmt = FORMATS[path.suffix.lower()]
+    if block.end == -1:  # not split: read whole
+        return read_raw_chunks(path, chunk_size)
+    if fmt == "parquet":
+        return _read_parquet(path, chunk_size, start=block.start, stop=block.end)
+    if fmt == "jsonl":
+        return _read_jsonl(path, chunk_size, start=block.start, end=block.end, first_line=block.first_row)
+    if block.start == 0 or (block.first_row == 1 and block.rows == 0):
+        return _read_delimited(path, "\t" if fmt == "tsv" else ",", chunk_size)
+    with open(path, "rb") as fh:
+        header = fh.readline()
+        fh.seek(block.start)
+        body = fh.read(block.end - block.start)
+    return _read_delimited(path, "\t" if fmt == "tsv" else ",", chunk_size, source=io.BytesIO(header + body),
+                           row_offset=block.first_row - 1)
+
+
+def _lines_until(fh: Any, limit: int) -> Iterator[bytes]:
+    for line in fh:
+        yield line
+        limit -= len(line)
+        if limit <= 0:
+            return
 
 
 def stable_id(text: str, created_at: str, channel: str, source: str) -> str:

@@ -10,11 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+import numpy as np
 import pandas as pd
 
 UNASSIGNED = "unassigned"
 UND = "und"
 SENTIMENTS = ("negative", "neutral", "positive")
+
+
+def unit_keys(units: pd.DataFrame) -> np.ndarray:
+    """Each unit's sampling key in [0, 1), a hash of (item_id, unit_idx): the bounded samples
+    (negative units for themes, units for the label-shift estimate) keep the smallest keys, so
+    the same units are kept whatever the chunking or the order partitions finish in, which is
+    what lets a distributed run merge partition samples into exactly the local run's sample."""
+    if units.empty:
+        return np.zeros(0)
+    h = pd.util.hash_pandas_object(units[["item_id", "unit_idx"]].astype({"item_id": str, "unit_idx": "int64"}),
+                                   index=False).to_numpy(dtype=np.uint64)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
 @dataclass(frozen=True)

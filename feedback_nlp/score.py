@@ -188,10 +188,18 @@ def top_quotes(units: pd.DataFrame, n: int, existing: pd.DataFrame | None = None
         mask = (units["sentiment"] == "negative") & (units["stage"] != UNASSIGNED)
         cand = units.loc[mask, [c for c in cols if c != "strength"] + ["stage_confidence"]]
         cand = cand.assign(strength=cand["stage_confidence"] * cand["p_negative"])[cols]
-    if existing is not None and not existing.empty:
-        cand = pd.concat([existing, cand], ignore_index=True) if not cand.empty else existing
-    if cand.empty:
+    return merge_quotes(existing, cand, n)
+
+
+def merge_quotes(a: pd.DataFrame | None, b: pd.DataFrame | None, n: int) -> pd.DataFrame:
+    """The best `n` quotes per stage of two `top_quotes` results: the same whatever the order
+    the chunks were seen in (ties broken by item and unit)."""
+    cols = ["stage", "item_id", "unit_idx", "text", "lang", "channel", "segment", "source", "p_negative", "strength"]
+    frames = [f for f in (a, b) if f is not None and not f.empty]
+    if not frames:
         return pd.DataFrame(columns=cols)
-    cand = cand.sort_values(["stage", "strength", "item_id"], ascending=[True, False, True], kind="mergesort")
+    cand = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    cand = cand.sort_values(["stage", "strength", "item_id", "unit_idx"], ascending=[True, False, True, True],
+                            kind="mergesort")
     cand = cand.drop_duplicates(subset=["stage", "item_id"])
     return cand.groupby("stage", sort=False).head(n).reset_index(drop=True)

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from feedback_nlp.records import SENTIMENTS
+from feedback_nlp.records import SENTIMENTS, unit_keys
 
 FEEDBACK_CLASSES = ("no", "yes")  # the order of the feedback head's prior here: P(not feedback), P(feedback)
 HEADS = ("feedback", "sentiment")  # heads a run may correct, in the order they are corrected
@@ -210,14 +210,25 @@ class PriorSample:
             part["source"] = ""
         part["lang"] = part["lang"].astype(str)
         part["source"] = part["source"].astype("string").fillna("").astype(str)
-        part["_key"] = self._rng.random(len(part))
+        part["_key"] = (unit_keys(units) if {"item_id", "unit_idx"} <= set(units.columns)
+                        else self._rng.random(len(part)))
         self._parts.append(part)
         self._rows += len(part)
         self._langs.update(part["lang"].unique())
         if self._rows > 2 * self.cap * len(self._langs):  # cut back now and then, not at every chunk
             self._cut()
 
+    def merge(self, other: "PriorSample") -> "PriorSample":
+        """Add another partition's sample (the same keys give the one-pass sample)."""
+        self._parts += other._parts
+        self._rows += other._rows
+        self._langs |= other._langs
+        self._cut()
+        return self
+
     def _cut(self) -> None:
+        if not self._parts:
+            return
         df = pd.concat(self._parts, ignore_index=True)
         df = df.sort_values("_key", kind="mergesort").groupby("lang", sort=False).head(self.cap)
         self._parts, self._rows = [df], len(df)
