@@ -108,13 +108,20 @@ def _workers_option(ctx: click.Context, param: click.Parameter, value: str | Non
                    "a GPU when one is visible).")
 @click.option("--workers", default=None, metavar="N|auto", callback=_workers_option,
               help="Processes scoring chunks in parallel, one thread each (default: auto, one per thread of "
-                   "`threads` in the run settings; 0: all in this process).")
+                   "`threads` in the run settings; 0: all in this process). With --engine dask: the "
+                   "LocalCluster's worker processes.")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="local: this process and its worker processes; dask: the same steps on a Dask cluster "
+                   "(pip install -e '.[dask]'; docs/scaling.md).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="With --engine dask: an existing scheduler (tcp://host:8786); without it, a LocalCluster of "
+                   "--workers processes on this machine.")
 @common_options
 @handle_errors
 def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path: str | None, write_csv: bool,
         chunk_size: int | None, stage_min_confidence: float | None, fast: bool, device: str | None,
-        workers: int | str | None, config_path: str | None, columns_path: str | None,
-        column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
+        workers: int | str | None, engine: str, scheduler: str | None, config_path: str | None,
+        columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
     """Score feedback files (CSV, TSV, JSONL, Parquet; files or folders) onto a journey map.
 
     Writes into OUT: journey_map.json (the map with scores), units.parquet (every unit with
@@ -133,6 +140,12 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
                                stage_min_confidence=stage_min_confidence, embedder=embedder)
     if workers is not None:
         settings = settings.replace(workers=workers)
+    if scheduler and engine != "dask":
+        raise click.UsageError("--scheduler needs --engine dask")
+    if engine == "dask":
+        from feedback_nlp.cluster import require_dask
+
+        require_dask()
     discover(inputs)  # bad paths fail before models load
     journey = load_journey_map(map_path or settings.journey_map)
     from feedback_nlp.distill import select_tier
@@ -147,8 +160,15 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
                    dedup=settings.embed_dedup, gpu_batch_size=settings.gpu_batch_size,
                    fast_batch_size=settings.fast_batch_size, cache_size=settings.embed_cache_size)
     with sigterm_raises("E912", "terminated by SIGTERM; no output was written"):
-        result = run_batch(inputs, journey=journey, settings=settings, columns=columns, model=model, embedder=emb,
-                           out_dir=out_dir, write_csv=write_csv, quiet=quiet)
+        if engine == "dask":
+            from feedback_nlp.cluster import run_batch_dask
+
+            result = run_batch_dask(inputs, journey=journey, settings=settings, columns=columns, model=model,
+                                    embedder=emb, out_dir=out_dir, write_csv=write_csv, quiet=quiet,
+                                    scheduler=scheduler)
+        else:
+            result = run_batch(inputs, journey=journey, settings=settings, columns=columns, model=model, embedder=emb,
+                               out_dir=out_dir, write_csv=write_csv, quiet=quiet)
     zero_shot = result.journey_map["run"].get("zero_shot_stages") or []
     if zero_shot:
         click.echo(f"zero-shot stages (no labelled data; classified from the map's descriptions and examples): "
@@ -180,10 +200,19 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Rows per chunk and per transaction.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
               help="Append the run's JSON log line to this file instead of stderr.")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="local: this process and its worker processes; dask: the same steps on a Dask cluster "
+                   "(pip install -e '.[dask]'; docs/scaling.md).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="With --engine dask: an existing scheduler (tcp://host:8786); without it, a LocalCluster of "
+                   "--workers processes on this machine.")
+@click.option("--workers", default=None, metavar="N|auto", callback=_workers_option,
+              help="With --engine dask and no --scheduler: the LocalCluster's worker processes (default: auto).")
 @common_options
 @handle_errors
 def score(inputs: tuple[str, ...], store_path: str | None, period: str, as_of: str | None, map_path: str | None,
           out_dir: str, model_path: str | None, write_csv: bool, chunk_size: int | None, log_path: str | None,
+          engine: str, scheduler: str | None, workers: int | str | None,
           config_path: str | None, columns_path: str | None, column_overrides: tuple[str, ...],
           embedder: str | None, quiet: bool) -> None:
     """Scheduled scoring: score only what is new in INPUTS into a store, then rewrite OUT.
@@ -192,15 +221,18 @@ def score(inputs: tuple[str, ...], store_path: str | None, period: str, as_of: s
     its old prediction retired; a new model re-classifies stored embeddings. OUT holds the
     all-time map, OUT/PERIOD/ the latest period's, both with trends against the period before.
     One run at a time per store. Exit codes: 0 ok, 1 failed, 2 bad input, 3 some rows
-    quarantined. One JSON log line per run on stderr (or --log). See docs/scheduling.md.
+    quarantined. One JSON log line per run on stderr (or --log). See docs/scheduling.md; with
+    --engine dask only new and edited items go to the cluster (docs/scaling.md).
     """
     from feedback_nlp.incremental import score_command
     from feedback_nlp.report import summary_table
 
+    if scheduler and engine != "dask":
+        raise click.UsageError("--scheduler needs --engine dask")
     result = score_command(inputs, store_path=store_path, map_path=map_path, out_dir=out_dir, model_path=model_path,
                            period=period, as_of=as_of, log_path=log_path, write_csv=write_csv, chunk_size=chunk_size,
                            config_path=config_path, columns_path=columns_path, column_overrides=column_overrides,
-                           embedder=embedder, quiet=quiet)
+                           embedder=embedder, quiet=quiet, engine=engine, scheduler=scheduler, workers=workers)
     if not quiet:
         click.echo(summary_table(result.journey_map))
         for line in result.headlines:

@@ -61,11 +61,10 @@ CANDIDATE_MIN_NEGATIVE = 0.1  # as pipeline.ShiftPass
 
 
 def require_dask() -> None:
-    try:
-        import distributed  # noqa: F401
-    except ImportError as e:
-        raise FeedbackError("E920", "--engine dask needs Dask: pip install -e '.[dask]' "
-                                    "(dask and distributed)") from e
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise FeedbackError("E920", "--engine dask needs Dask: pip install -e '.[dask]' (dask and distributed)")
 
 
 # --- what every worker holds ------------------------------------------------------------------
@@ -372,7 +371,7 @@ def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, setting
     from feedback_nlp.pipeline import (Outputs, RunResult, StepClock, estimate_priors, run_record, stage_prototypes,
                                        touchpoint_prototypes_for, write_outputs, _progress_bar)
     from feedback_nlp.shift import Priors, train_priors
-    from feedback_nlp.workers import ChunkJob, can_spawn, resolve_workers, threads_per_worker
+    from feedback_nlp.workers import ChunkJob, can_spawn, resolve_workers
 
     require_dask()
     started = time.time()
@@ -388,7 +387,7 @@ def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, setting
     cluster = None
     if own:
         client, cluster = connect(scheduler, workers=n_workers, threads=settings.threads, quiet=quiet)
-    embed_threads = threads_per_worker(settings.threads, n_workers) if cluster is not None or not scheduler else 1
+    embed_threads = threads_per_worker_for(scheduler, settings.threads, n_workers)
     job = ClusterJob(ChunkJob(settings.replace(threads=embed_threads), journey, model, embedder.args, prototypes,
                               tp_prototypes), columns, embed_threads)
     token = uuid.uuid4().hex
@@ -482,6 +481,57 @@ def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, setting
     return RunResult(Path(out_dir), jm, agg.scores, agg.counts, workers_used, clock)
 
 
+class ClusterSession:
+    """`score --engine dask`: a connection to the cluster that scores chunks of items sent by
+    the client (which keeps the store) and returns (units, embeddings, quarantine, clock)."""
+
+    def __init__(self, scheduler: str | None, *, workers: int, threads: int, quiet: bool = True,
+                 client: Any = None) -> None:
+        self.own = client is None
+        self.client, self.cluster = connect(scheduler, workers=workers, threads=threads, quiet=quiet) \
+            if client is None else (client, None)
+        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        self.in_flight = 2 * self.workers + 1
+        self.embed_threads = threads_per_worker_for(scheduler, threads, self.workers)
+        self.token = ""
+
+    def start(self, chunk_job: Any, columns: Any = None) -> None:
+        """Send the job (model, map, settings, prototypes) to every worker, once."""
+        job = ClusterJob(chunk_job, columns, self.embed_threads)
+        self.token = uuid.uuid4().hex
+        self.client.register_plugin(JobPlugin(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL), self.token),
+                                    name=PLUGIN)
+
+    def submit(self, items: pd.DataFrame) -> Any:
+        return self.client.submit(_items_task, self.token, items, pure=False)
+
+    def close(self) -> None:
+        if self.own:
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def threads_per_worker_for(scheduler: str | None, threads: int, workers: int) -> int:
+    """The embedder's threads in each worker: the `threads` budget split among a LocalCluster's
+    workers; one on an external cluster (its workers run one task thread per core)."""
+    from feedback_nlp.workers import threads_per_worker
+
+    return 1 if scheduler else threads_per_worker(threads, workers)
+
+
+def _items_task(token: str, items: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, Any]:
+    from feedback_nlp.pipeline import StepClock, process_chunk
+
+    plugin = _plugin(token)
+    job = plugin.job.chunk
+    clock = StepClock()
+    units, emb, q = process_chunk(items, settings=job.settings, journey=job.journey, model=job.model,
+                                  embedder=plugin.embedder(), prototypes=job.prototypes,
+                                  touchpoint_prototypes=job.touchpoint_prototypes, clock=clock)
+    return units, np.asarray(emb, dtype=np.float32), q, clock
+
+
 def _check_parts(folder: Path, parts: list[int]) -> None:
     missing = [p for p in parts if not (folder / "units" / f"part-{p:05d}.parquet").is_file()]
     if missing:
@@ -495,7 +545,6 @@ def _single_file(folder: Path, parts: list[int], empty_units: pd.DataFrame | Non
     """units.parquet (and units.csv) as one file, as the local engine writes it, when the run
     has at most `max_units` units; the partitioned dataset in units/ is always there. Returns
     the units written, or None when the dataset was too large for one file."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     (folder / "units").mkdir(exist_ok=True)

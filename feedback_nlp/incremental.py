@@ -236,7 +236,7 @@ def _recover_outputs(out_dir: Path) -> None:
 def score(inputs: Iterable[str | Path], *, store: str | Path, journey: JourneyMap, settings: Settings,
           columns: Any, model: Model, embedder: EmbedderLike, out_dir: str | Path, period: str = "day",
           as_of: str | pd.Timestamp | None = None, write_csv: bool = False, quiet: bool = True,
-          log: dict[str, Any] | None = None, lock: RunLock | None = None) -> ScoreResult:
+          log: dict[str, Any] | None = None, lock: RunLock | None = None, session: Any = None) -> ScoreResult:
     """Score what is new in `inputs` into `store`, then rewrite the outputs from the store.
 
     `log`, when given, is filled as the run goes (run id, counts, timings), so a caller can
@@ -271,9 +271,11 @@ def score(inputs: Iterable[str | Path], *, store: str | Path, journey: JourneyMa
                 st.register_model(model.model_id, model.embedder_id, model_fingerprint(model), run_id)
                 prototypes = _prototypes(st, run_id, journey, model, embedder, settings)
                 pred_key = prediction_key(model, settings, journey, prototypes)
+                if session is not None:  # --engine dask: new items are scored on the cluster
+                    session.start(_cluster_job(settings, journey, model, prototypes, session.embed_threads))
                 result = _run(files, st, run_id, inputs_info, journey=journey, settings=settings, columns=columns,
                               model=model, embedder=embedder, prototypes=prototypes, pred_key=pred_key,
-                              out_dir=Path(out_dir),
+                              out_dir=Path(out_dir), session=session,
                               period=period, as_of=as_of_ts, write_csv=write_csv, quiet=quiet, log=log)
             except BaseException as e:
                 try:
@@ -289,6 +291,15 @@ def score(inputs: Iterable[str | Path], *, store: str | Path, journey: JourneyMa
     return result
 
 
+def _cluster_job(settings: Settings, journey: JourneyMap, model: Model, prototypes: Prototypes, threads: int) -> Any:
+    from feedback_nlp.embed import EmbedderArgs
+    from feedback_nlp.workers import ChunkJob
+
+    s = settings.replace(threads=threads)
+    args = EmbedderArgs(s.embedder, s.device, s.embed_dedup, s.gpu_batch_size, s.fast_batch_size, s.embed_cache_size)
+    return ChunkJob(s, journey, model, args, prototypes.stages, prototypes.touchpoints)
+
+
 def _parse_as_of(as_of: str | pd.Timestamp | None) -> pd.Timestamp | None:
     if as_of is None or as_of == "":
         return None
@@ -301,8 +312,8 @@ def _parse_as_of(as_of: str | pd.Timestamp | None) -> pd.Timestamp | None:
 
 def _run(files: list[Path], st: Store, run_id: int, inputs_info: list[dict], *, journey: JourneyMap,
          settings: Settings, columns: Any, model: Model, embedder: EmbedderLike, prototypes: Prototypes, pred_key: str,
-         out_dir: Path,
-         period: str, as_of: pd.Timestamp | None, write_csv: bool, quiet: bool, log: dict[str, Any]) -> ScoreResult:
+         out_dir: Path, period: str, as_of: pd.Timestamp | None, write_csv: bool, quiet: bool, log: dict[str, Any],
+         session: Any = None) -> ScoreResult:
     started = time.time()
     stats = RunStats()
     read = Counts(files=len(files))
@@ -312,7 +323,7 @@ def _run(files: list[Path], st: Store, run_id: int, inputs_info: list[dict], *, 
     try:
         _ingest(files, st, run_id, settings=settings, columns=columns, journey=journey, model=model,
                 embedder=embedder, prototypes=prototypes, pred_key=pred_key, out=out, read=read, stats=stats,
-                quiet=quiet)
+                quiet=quiet, session=session)
         t0 = time.perf_counter()
         _backfill(st, run_id, settings=settings, journey=journey, model=model, embedder=embedder,
                   prototypes=prototypes, pred_key=pred_key, stats=stats)
@@ -469,50 +480,115 @@ def _current_outputs(out_dir: Path, key: str, period: str) -> tuple[dict, dict, 
     return run, jm, trend
 
 
+def _changed(files: list[Path], st: Store, run_id: int, *, settings: Settings, columns: Any, read: Counts,
+             stats: RunStats, bar: Any):
+    """Per chunk of the inputs: (items new or edited since stored, their content hashes, the
+    hashes stored for them, the read's quarantine frames); unchanged items are only touched."""
+    seen: dict[str, str] = {}
+    for path in files:
+        bar.set_description(path.name)
+        t0 = time.perf_counter()
+        for raw, bad in read_raw_chunks(path, settings.chunk_size):
+            read.rows_read += len(raw) + len(bad)
+            mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
+            read.add_blanked(mapped.blanked)
+            items, dup_q = drop_duplicate_ids(mapped.items, seen)
+            hashes = content_hashes(items)
+            known = st.known_hashes(items["item_id"].astype(str))
+            stored = items["item_id"].astype(str).map(known)
+            unchanged = (stored == hashes).to_numpy(dtype=bool)
+            st.touch(items.loc[unchanged, "item_id"].astype(str).tolist(), run_id)
+            stats.items_unchanged += int(unchanged.sum())
+            stats.time("read", time.perf_counter() - t0)
+            yield items[~unchanged], hashes[~unchanged], stored[~unchanged], [quarantine_frame(bad), mapped.quarantine,
+                                                                             dup_q]
+            t0 = time.perf_counter()
+
+
+def _quarantine(out: Outputs, read: Counts, frames: list[pd.DataFrame]) -> None:
+    q = [df for df in frames if len(df)]
+    if q:
+        qdf = pd.concat(q, ignore_index=True)
+        out.quarantine(qdf)
+        read.add_quarantine(qdf)
+
+
 def _ingest(files: list[Path], st: Store, run_id: int, *, settings: Settings, columns: Any, journey: JourneyMap,
             model: Model, embedder: EmbedderLike, prototypes: Prototypes, pred_key: str, out: Outputs, read: Counts,
-            stats: RunStats, quiet: bool) -> None:
-    """Read every input; score new and edited items, one transaction per chunk."""
-    seen: dict[str, str] = {}
+            stats: RunStats, quiet: bool, session: Any = None) -> None:
+    """Read every input; score new and edited items, one transaction per chunk (on the Dask
+    cluster of `session` when given: `_ingest_on_cluster`)."""
     bar = _progress_bar(quiet)
     try:
-        for path in files:
-            bar.set_description(path.name)
-            t0 = time.perf_counter()
-            for raw, bad in read_raw_chunks(path, settings.chunk_size):
-                read.rows_read += len(raw) + len(bad)
-                mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
-                read.add_blanked(mapped.blanked)
-                items, dup_q = drop_duplicate_ids(mapped.items, seen)
-                hashes = content_hashes(items)
-                known = st.known_hashes(items["item_id"].astype(str))
-                stored = items["item_id"].astype(str).map(known)
-                unchanged = (stored == hashes).to_numpy(dtype=bool)
-                st.touch(items.loc[unchanged, "item_id"].astype(str).tolist(), run_id)
-                stats.items_unchanged += int(unchanged.sum())
-                todo = items[~unchanged]
-                stats.time("read", time.perf_counter() - t0)
-                empty_q = QUARANTINED.empty()
-                if len(todo):
-                    t1 = time.perf_counter()
-                    cached = StoreEmbedder(st, embedder, stats)
-                    units, _, empty_q = process_chunk(
-                        todo, settings=settings, journey=journey, model=model, embedder=cached,
-                        prototypes=prototypes.stages, touchpoint_prototypes=prototypes.touchpoints,
-                        progress=bar.update, on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n))
-                    stats.time("process", time.perf_counter() - t1)
-                    t1 = time.perf_counter()
-                    _write_chunk(st, run_id, todo, hashes[~unchanged], stored[~unchanged], units, cached, pred_key,
-                                 stats)
-                    stats.time("store", time.perf_counter() - t1)
-                q = [df for df in (quarantine_frame(bad), mapped.quarantine, dup_q, empty_q) if len(df)]
-                if q:
-                    qdf = pd.concat(q, ignore_index=True)
-                    out.quarantine(qdf)
-                    read.add_quarantine(qdf)
-                t0 = time.perf_counter()
+        chunks = _changed(files, st, run_id, settings=settings, columns=columns, read=read, stats=stats, bar=bar)
+        if session is not None:
+            _ingest_on_cluster(chunks, st, run_id, session=session, embedder_id=embedder.id, pred_key=pred_key,
+                               out=out, read=read, stats=stats, bar=bar)
+            return
+        for todo, hashes, stored, read_q in chunks:
+            empty_q = QUARANTINED.empty()
+            if len(todo):
+                t1 = time.perf_counter()
+                cached = StoreEmbedder(st, embedder, stats)
+                units, _, empty_q = process_chunk(
+                    todo, settings=settings, journey=journey, model=model, embedder=cached,
+                    prototypes=prototypes.stages, touchpoint_prototypes=prototypes.touchpoints,
+                    progress=bar.update, on_units=lambda n: setattr(bar, "total", (bar.total or 0) + n))
+                stats.time("process", time.perf_counter() - t1)
+                t1 = time.perf_counter()
+                _write_chunk(st, run_id, todo, hashes, stored, units, cached, pred_key, stats)
+                stats.time("store", time.perf_counter() - t1)
+            _quarantine(out, read, [*read_q, empty_q])
     finally:
         bar.close()
+
+
+@dataclass
+class _Returned:
+    """What `_write_chunk` reads of an embedder: the vectors to store and their embedder's id."""
+
+    id: str
+    pending: dict[str, np.ndarray]
+
+
+def _ingest_on_cluster(chunks: Iterable, st: Store, run_id: int, *, session: Any, embedder_id: str, pred_key: str,
+                       out: Outputs, read: Counts, stats: RunStats, bar: Any) -> None:
+    """New and edited items go to the cluster chunk by chunk (reading runs ahead by
+    `session.in_flight` chunks); each chunk's units and embeddings come back and are written in
+    input order, one transaction each, so a client killed mid-run keeps every chunk written and
+    the next run does the rest. Every unit text is embedded on the cluster (the local engine
+    reads texts it embedded before from the store); only vectors the store lacks are stored."""
+    from collections import deque
+
+    waiting: deque = deque()
+
+    def write_oldest() -> None:
+        todo, hashes, stored, read_q, fut = waiting.popleft()
+        empty_q = QUARANTINED.empty()
+        if fut is not None:
+            t1 = time.perf_counter()
+            units, emb, empty_q, _clock = fut.result()
+            fut.release()
+            stats.time("process", time.perf_counter() - t1)
+            t1 = time.perf_counter()
+            vecs: dict[str, np.ndarray] = {}
+            for text, vec in zip(units["text"].astype(str), np.asarray(emb, dtype=np.float32)):
+                vecs.setdefault(text_hash(text), vec)
+            stats.texts_embedded += len(vecs)
+            have = st.get_embeddings(embedder_id, list(vecs))
+            new = {h: v for h, v in vecs.items() if h not in have}
+            _write_chunk(st, run_id, todo, hashes, stored, units, _Returned(embedder_id, new), pred_key, stats)
+            stats.time("store", time.perf_counter() - t1)
+            bar.total = (bar.total or 0) + len(units)
+            bar.update(len(units))
+        _quarantine(out, read, [*read_q, empty_q])
+
+    for todo, hashes, stored, read_q in chunks:
+        waiting.append((todo, hashes, stored, read_q, session.submit(todo) if len(todo) else None))
+        while len(waiting) > session.in_flight:
+            write_oldest()
+    while waiting:
+        write_oldest()
 
 
 def _write_chunk(st: Store, run_id: int, todo: pd.DataFrame, hashes: pd.Series, stored: pd.Series,
@@ -624,7 +700,8 @@ def _add_trend_section(path: Path, lines: list[str], cur: tr.Window | None, prev
 def score_command(inputs: tuple[str, ...], *, store_path: str | None, map_path: str | None, out_dir: str,
                   model_path: str | None, period: str, as_of: str | None, log_path: str | None, write_csv: bool,
                   chunk_size: int | None, config_path: str | None, columns_path: str | None,
-                  column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> ScoreResult:
+                  column_overrides: tuple[str, ...], embedder: str | None, quiet: bool, engine: str = "local",
+                  scheduler: str | None = None, workers: int | str | None = None) -> ScoreResult:
     """Load settings, map, model and embedder; score; always write one JSON log line.
 
     SIGTERM (systemd stop, a scheduler's timeout) ends the run like an error: the open chunk
@@ -650,9 +727,21 @@ def score_command(inputs: tuple[str, ...], *, store_path: str | None, map_path: 
             # a model fine-tuned with `train --fine-tune` may carry its own encoder: use it
             settings = settings.replace(embedder=embedder_spec(model, settings.embedder, explicit=embedder))
             emb = LazyEmbedder(settings.embedder, threads=settings.threads)
-            result = score(inputs, store=store, journey=journey, settings=settings, columns=cols, model=model,
-                           embedder=emb, out_dir=out_dir, period=period, as_of=as_of, write_csv=write_csv,
-                           quiet=quiet, log=log, lock=lock)
+            session = None
+            log["engine"] = engine
+            if engine == "dask":
+                from feedback_nlp.cluster import ClusterSession
+                from feedback_nlp.workers import resolve_workers
+
+                n = resolve_workers(workers if workers is not None else settings.workers, threads=settings.threads)
+                session = ClusterSession(scheduler, workers=max(1, n), threads=settings.threads, quiet=quiet)
+            try:
+                result = score(inputs, store=store, journey=journey, settings=settings, columns=cols, model=model,
+                               embedder=emb, out_dir=out_dir, period=period, as_of=as_of, write_csv=write_csv,
+                               quiet=quiet, log=log, lock=lock, session=session)
+            finally:
+                if session is not None:
+                    session.close()
         status, code = result.status, result.exit_code
         return result
     except FeedbackError as e:
