@@ -6,6 +6,7 @@ docs/performance.md). Run from the project root:
     .venv/bin/python benchmarks/throughput.py --sizes 1000,10000,100000
     .venv/bin/python benchmarks/throughput.py --sizes 1000,10000 --fast      # the static tier
     .venv/bin/python benchmarks/throughput.py --sizes 2000 --compare          # fast paths + accuracy
+    .venv/bin/python benchmarks/throughput.py --engine dask --sizes 20000,100000 --engine-workers 1,2
 
 What it does:
 
@@ -552,6 +553,83 @@ def report_sizes(results: list[dict[str, Any]]) -> None:
                   f"{((rb['run_cpu_s'] + rb['workers_cpu_s']) / rb['items']) / ((ra['run_cpu_s'] + ra['workers_cpu_s']) / ra['items']):.2f} CPU (linear = 1.00)")
 
 
+def _timed_run(dump: Path, out: Path, engine: str, workers: int) -> dict[str, Any]:
+    """One `feedback-nlp run` in a fresh process: wall seconds, and the largest RSS of the
+    process tree (the CLI, and for dask the LocalCluster's nanny and worker processes)."""
+    cmd = [str(Path(sys.executable).parent / "feedback-nlp"), "run", str(dump), "--out", str(out), "-q",
+           "--engine", engine, "--workers", str(workers)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    run = json.loads((out / "run.json").read_text())
+    return {"engine": engine, "workers": workers, "seconds": round(wall, 1), "items": run["counts"]["rows_used"],
+            "units": run["counts"]["units"], "run_workers": run["workers"]}
+
+
+def _same(a: Path, b: Path) -> dict[str, Any]:
+    """Unit labels equal, probabilities' largest difference, map figures' largest difference."""
+    import pandas as pd
+
+    ua, ub = pd.read_parquet(a / "units.parquet"), pd.read_parquet(b / "units.parquet")
+    labels = all(ua[c].tolist() == ub[c].tolist() for c in ("item_id", "unit_idx", "stage", "sentiment",
+                                                              "touchpoints", "feedback"))
+    prob = max(float((ua[c] - ub[c]).abs().max()) for c in ("p_negative", "p_neutral", "p_positive",
+                                                            "stage_confidence"))
+    ja, jb = (json.loads((d / "journey_map.json").read_text()) for d in (a, b))
+    for j in (ja, jb):
+        for k in ("started", "seconds", "engine", "workers", "step_seconds", "dask", "settings"):
+            j["run"].pop(k, None)
+    worst, other = 0.0, []
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        nonlocal worst
+        if isinstance(x, dict) and isinstance(y, dict) and set(x) == set(y):
+            for k in x:
+                walk(x[k], y[k], f"{path}/{k}")
+        elif isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+            for i, (p, q) in enumerate(zip(x, y)):
+                walk(p, q, f"{path}[{i}]")
+        elif isinstance(x, float) and isinstance(y, float):
+            worst = max(worst, abs(x - y))
+        elif x != y:
+            other.append(path)
+
+    walk(ja, jb, "")
+    return {"units": len(ua), "labels_identical": labels, "max_probability_difference": prob,
+            "max_map_figure_difference": worst, "other_differences": other[:10],
+            "quarantine_identical": (a / "quarantine.csv").read_text() == (b / "quarantine.csv").read_text()}
+
+
+def engines(args: argparse.Namespace) -> None:
+    """--engine dask: items/s of each engine against workers, the dask engine's overhead at equal
+    workers, and whether both engines' outputs agree."""
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fnlp-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    counts = [int(w) for w in args.engine_workers.split(",")]
+    results: dict[str, Any] = {"machine": machine(), "sizes": {}}
+    for n in [int(x) for x in args.sizes.split(",")]:
+        dump = make_dump(n, work / f"dump-{n}", repost_share=args.repost_share)
+        rows = []
+        for w in counts:
+            for engine in ("local", "dask"):
+                r = _timed_run(dump, work / f"out-{n}-{engine}-{w}", engine, w)
+                r["items_per_s"] = round(r["items"] / r["seconds"], 1)
+                rows.append(r)
+                print(f"{n:>7} items  {engine:<5} workers {w}: {r['seconds']:>7.1f} s  {r['items_per_s']:>6.1f} items/s",
+                      flush=True)
+            loc, dk = rows[-2], rows[-1]
+            over = dk["seconds"] / loc["seconds"] - 1
+            print(f"{'':>7}        dask overhead at {w} workers: {100 * over:+.1f}%", flush=True)
+        w = counts[-1]
+        same = _same(work / f"out-{n}-local-{w}", work / f"out-{n}-dask-{w}")
+        print(f"{'':>7}        outputs: {json.dumps(same)}", flush=True)
+        results["sizes"][n] = {"runs": rows, "agreement": same}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1000,10000,100000", help="comma-separated item counts")
@@ -570,12 +648,19 @@ def main() -> None:
     ap.add_argument("--repost-share", type=float, default=0.05, help="share of social posts that are reposts")
     ap.add_argument("--workdir", default=None, help="where dumps and outputs go (default: a temp folder)")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    ap.add_argument("--engine", choices=["local", "dask"], default=None,
+                    help="dask: time `feedback-nlp run` with --engine local and --engine dask (a LocalCluster) on "
+                         "each size, for each count in --engine-workers, and check both give the same units and map")
+    ap.add_argument("--engine-workers", default="1,2", help="--engine dask: worker counts to time")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--items", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--dump", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x]
+    if args.engine == "dask":
+        engines(args)
+        return
     if args.child:
         child(args)
         return

@@ -49,6 +49,7 @@ from feedback_nlp.config import ColumnMap, JourneyMap, Settings
 from feedback_nlp.errors import FeedbackError, InputError, Reason
 from feedback_nlp.read import Block, discover, drop_duplicate_ids, map_columns, plan_blocks, quarantine_frame, read_block
 from feedback_nlp.records import QUARANTINED, unit_keys
+from feedback_nlp.workers import threads_per_worker
 
 try:
     from distributed import WorkerPlugin
@@ -100,6 +101,11 @@ class JobPlugin(WorkerPlugin):  # type: ignore[misc,valid-type]
 
     def setup(self, worker: Any = None) -> None:
         self._job = pickle.loads(self.blob)  # bytes this run's own client pickled, never a user's file
+        if worker is not None:  # a worker of an external cluster: stop its statistical profiler (WORKER_CONFIG)
+            for name in ("profile", "profile-cycle"):
+                callback = getattr(worker, "periodic_callbacks", {}).get(name)
+                if callback is not None:
+                    callback.stop()
 
     @property
     def job(self) -> ClusterJob:
@@ -139,6 +145,7 @@ class PartOut:
     empty_units: pd.DataFrame | None = None  # the units' columns, for a run that has none at all
     state: Any = None              # Accumulator, or ShiftState with label shift on
     failed: str | None = None
+    languages: tuple[str, ...] = ()  # of its units: the client loads the themes step's resources meanwhile
 
 
 @dataclass
@@ -169,6 +176,23 @@ def block_ids(block: Block, columns: ColumnMap, settings: Settings) -> tuple[lis
         ids += items["item_id"].astype(str).tolist()
         where += [f"{s} row {r}" for s, r in zip(items["source_file"], items["row"])]
     return ids, where
+
+
+def earlier_ids(blocks_ids: Iterable[tuple[list[str], list[str]]]) -> Iterable[dict[str, str]]:
+    """For each block in input order (its ids and where each is), the ids an earlier block
+    already had, with where they were first read: what `read.drop_duplicate_ids` needs to
+    quarantine exactly the rows the local engine quarantines. Lazy: block i's answer is ready
+    as soon as blocks 0..i are known. Memory: one entry per distinct id, as in the local engine."""
+    seen: dict[str, tuple[int, str]] = {}
+    for i, (ids, where) in enumerate(blocks_ids):
+        earlier: dict[str, str] = {}
+        for item_id, loc in zip(ids, where):
+            first = seen.get(item_id)
+            if first is None:
+                seen[item_id] = (i, loc)
+            elif first[0] < i:
+                earlier[item_id] = first[1]
+        yield earlier
 
 
 def score_block(block: Block, part: int, earlier: dict[str, str], *, job: ClusterJob, embedder: Any,
@@ -208,7 +232,8 @@ def score_block(block: Block, part: int, earlier: dict[str, str], *, job: Cluste
                        failed=f"{type(e).__name__}: {e}")
     q = pd.concat([x for x in (*qs, empty_q) if len(x)] or [QUARANTINED.empty()], ignore_index=True)
     counts.add_quarantine(q)
-    out = PartOut(part, q, counts, clock, units=len(units), empty_units=units.iloc[:0])
+    out = PartOut(part, q, counts, clock, units=len(units), empty_units=units.iloc[:0],
+                  languages=tuple(str(x) for x in units["lang"].unique()) if len(units) else ())
     with clock("write"):
         if shift:
             sample = PriorSample()
@@ -308,7 +333,8 @@ def _relabel_task(token: str, part: int, priors: Any, key_cut: float, folder: st
 
 def _info(out: PartOut) -> PartOut:
     """The partition's result without its state (which stays on the cluster for the tree)."""
-    return PartOut(out.part, out.quarantine, out.counts, out.clock, out.units, out.empty_units, None, out.failed)
+    return PartOut(out.part, out.quarantine, out.counts, out.clock, out.units, out.empty_units, None, out.failed,
+                   out.languages)
 
 
 def _state(out: PartOut) -> Any:
@@ -357,9 +383,33 @@ def connect(scheduler: str | None, *, workers: int, threads: int, memory_limit: 
             return Client(scheduler, timeout="30s"), None
         except (OSError, TimeoutError) as e:
             raise FeedbackError("E921", f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e})") from e
-    cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=None,
-                           memory_limit=memory_limit or "auto", silence_logs=logging.ERROR if quiet else logging.WARNING)
+    import dask
+
+    with dask.config.set(WORKER_CONFIG | {"distributed.nanny.pre-spawn-environ":
+                                          worker_environ(threads_per_worker(threads, workers))}):
+        cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None, memory_limit=memory_limit or "auto",
+                               silence_logs=logging.ERROR if quiet else logging.WARNING)
     return Client(cluster), cluster
+
+
+# Dask's statistical profiler samples every worker's task thread every 10 ms; over steps that
+# are mostly Python holding the GIL (segmentation, effort, the embedder's glue) it made every
+# step 1.4-1.6x slower here (docs/scaling.md). The job plugin stops it on an external cluster's workers.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
+def worker_environ(threads: int) -> dict[str, Any]:
+    """The environment a worker process starts with: Dask's own (its nanny sets the BLAS pools to
+    one thread and MALLOC_TRIM_THRESHOLD_) with every thread pool sized to the worker's share of
+    the cores, lingua's Rust pool (RAYON_NUM_THREADS) included, as workers.py does for the local
+    engine's processes."""
+    import dask
+
+    from feedback_nlp.workers import THREAD_VARS
+
+    return {**dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}),
+            **{var: str(threads) for var in THREAD_VARS}}
 
 
 def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Settings, columns: ColumnMap,
@@ -368,8 +418,8 @@ def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, setting
                    split_every: int = SPLIT_EVERY, on_progress: Callable[[int], None] | None = None) -> Any:
     """`pipeline.run_batch` on a Dask cluster: the same outputs, in the same temporary-folder way.
     `client`: an existing distributed.Client to use (it is left open)."""
-    from feedback_nlp.pipeline import (Outputs, RunResult, StepClock, estimate_priors, run_record, stage_prototypes,
-                                       touchpoint_prototypes_for, write_outputs, _progress_bar)
+    from feedback_nlp.pipeline import (Outputs, RunResult, StepClock, _progress_bar, _Warmer, estimate_priors,
+                                       run_record, stage_prototypes, touchpoint_prototypes_for, write_outputs)
     from feedback_nlp.shift import Priors, train_priors
     from feedback_nlp.workers import ChunkJob, can_spawn, resolve_workers
 
@@ -399,28 +449,24 @@ def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, setting
     bar.unit, bar.total = "partition", len(blocks) * (2 if shift else 1)
     clock = StepClock()
     read_counts = Counts(files=len(files))
+    warmer = _Warmer()
     try:
         client.register_plugin(JobPlugin(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL), token), name=PLUGIN)
         bar.set_description(f"dask: {len(client.scheduler_info().get('workers', {}))} workers")
         id_futs = client.map(_ids_task, [token] * len(blocks), blocks, pure=False)
         tree = OrderedTree(client, split_every)
         infos = []
-        seen: dict[str, tuple[int, str]] = {}
-        for i, fut in enumerate(id_futs):
-            ids, where = fut.result()
-            fut.release()
-            earlier: dict[str, str] = {}
-            for item_id, loc in zip(ids, where):
-                first = seen.get(item_id)
-                if first is None:
-                    seen[item_id] = (i, loc)
-                elif first[0] < i:
-                    earlier[item_id] = first[1]
+
+        def ids_in_order():
+            for fut in id_futs:
+                yield fut.result()
+                fut.release()
+
+        for i, earlier in enumerate(earlier_ids(ids_in_order())):
             res = client.submit(_score_task, token, blocks[i], i, earlier, folder, shift, max_neg, pure=False)
             infos.append(client.submit(_info, res, pure=False))
             tree.push(client.submit(_state, res, pure=False))
             del res
-        del seen
         parts_with_units: list[int] = []
         empty_units = None
         failed = 0
@@ -436,6 +482,7 @@ def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, setting
             elif empty_units is None and info.empty_units is not None:
                 empty_units = info.empty_units
             failed += info.failed is not None
+            warmer.add(info.languages)
             bar.update(1)
             if on_progress is not None:
                 on_progress(info.part)
@@ -454,6 +501,7 @@ def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, setting
             shutil.rmtree(Path(folder) / ".shift", ignore_errors=True)
         acc: Accumulator = state if state is not None else Accumulator(settings)
         bar.close()
+        warmer.close()
         with clock("write"):
             _check_parts(Path(folder), parts_with_units)
             n_units = _single_file(Path(folder), parts_with_units, empty_units, write_csv,
@@ -470,6 +518,7 @@ def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, setting
         jm = write_outputs(out, journey, agg, run)
         out.commit()
     except BaseException:
+        warmer.close(abort=True)
         bar.close()
         out.abort()
         raise
@@ -515,8 +564,6 @@ class ClusterSession:
 def threads_per_worker_for(scheduler: str | None, threads: int, workers: int) -> int:
     """The embedder's threads in each worker: the `threads` budget split among a LocalCluster's
     workers; one on an external cluster (its workers run one task thread per core)."""
-    from feedback_nlp.workers import threads_per_worker
-
     return 1 if scheduler else threads_per_worker(threads, workers)
 
 

@@ -147,6 +147,32 @@ def test_prior_samples_merge_into_the_one_pass_sample():
     assert one.frame()["lang"].value_counts().max() == 40
 
 
+# --- duplicate ids across blocks: the first row wins, as in the local engine ---------------------
+
+
+def test_an_id_read_in_an_earlier_block_is_quarantined_as_the_local_engine_does(tmp_path, settings, columns, journey,
+                                                                               model):
+    from conftest import FakeEmbedder
+
+    from feedback_nlp.cluster import block_ids, earlier_ids
+    from feedback_nlp.pipeline import read_items
+    from feedback_nlp.aggregate import Counts
+
+    rows = ["id,text"] + [f"{i},the invoice {i} was wrong and nobody called me back" for i in (1, 2, 3, 4, 2, 6, 1, 8)]
+    path = write(tmp_path / "d.csv", "\n".join(rows) + "\n")
+    local_q = pd.concat([q for _, _, qs in read_items([path], settings, columns, Counts()) for q in qs if len(q)])
+    blocks = plan_blocks(path, 3)
+    earlier = list(earlier_ids(block_ids(b, columns, settings) for b in blocks))
+    assert earlier[0] == {} and set(earlier[1]) == {"2"} and set(earlier[2]) == {"1"}
+    job = ClusterJob(ChunkJob(settings, journey, model, None), columns)
+    outs = [score_block(b, i, earlier[i], job=job, embedder=FakeEmbedder(), folder=tmp_path / "o", shift=False,
+                        max_negative_units=100) for i, b in enumerate(blocks)]
+    q = pd.concat([o.quarantine for o in outs if len(o.quarantine)], ignore_index=True)
+    pd.testing.assert_frame_equal(q.reset_index(drop=True), local_q.reset_index(drop=True))
+    assert q["row"].tolist() == [5, 7] and "already read at" in q["detail"].iloc[0]
+    assert sum(o.state.counts.rows_used for o in outs) == 6
+
+
 # --- a partition whose data breaks a step --------------------------------------------------------
 
 

@@ -152,3 +152,20 @@ def test_pipeline_label_shift_off_leaves_the_probabilities_as_classified(tmp_pat
     fb = on["feedback"].to_numpy()
     assert (on["p_negative"][fb] > off["p_negative"][fb]).all()  # a mostly negative dump reads more negative
     pd.testing.assert_series_equal(on["p_negative"][~fb], off["p_negative"][~fb])  # not feedback: as classified
+
+
+def test_pipeline_counts_each_item_once_when_its_units_cross_a_chunk_of_units(tmp_path, settings, columns, journey,
+                                                                              model, embedder):
+    """With label shift on, units are relabelled chunk by chunk after the run: an item whose
+    units fell in two such chunks used to be counted twice (the example dump: 426 items for 417)."""
+    text = ("La bolletta di marzo era il doppio del solito e nessuno mi ha spiegato il perché. "
+            "Al telefono ho aspettato quaranta minuti prima di parlare con un operatore. "
+            "Alla fine ho disdetto il contratto e sono passato a un altro fornitore.")
+    rows = ["id,text"] + [f'{i},"{text} ({i})"' for i in range(12)]
+    p = write(tmp_path / "a.csv", "\n".join(rows) + "\n")
+    res = run_batch([p], journey=journey, settings=settings.replace(chunk_size=5), columns=columns, model=model,
+                    embedder=embedder, out_dir=tmp_path / "out", quiet=True)
+    units = pd.read_parquet(tmp_path / "out" / "units.parquet")
+    assert units.groupby("item_id").size().min() >= 2 and len(units) % 5 != 0
+    assert res.counts.rows_used == 12
+    assert sum(res.counts.languages.values()) == 12
