@@ -39,6 +39,16 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def engine_options(fn: Callable) -> Callable:
+    """--engine and --scheduler, for the commands that score (run, score)."""
+    fn = click.option("--scheduler", default=None, metavar="ADDRESS",
+                      help="With --engine dask: an existing scheduler (tcp://host:8786); without it, a "
+                           "LocalCluster of --workers processes on this machine.")(fn)
+    return click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+                        help="local: this process and its worker processes; dask: the same steps on a Dask "
+                             "cluster (pip install -e '.[dask]'; docs/scaling.md).")(fn)
+
+
 def common_options(fn: Callable) -> Callable:
     """Options shared by commands that read feedback files."""
     decorators = [
@@ -110,12 +120,7 @@ def _workers_option(ctx: click.Context, param: click.Parameter, value: str | Non
               help="Processes scoring chunks in parallel, one thread each (default: auto, one per thread of "
                    "`threads` in the run settings; 0: all in this process). With --engine dask: the "
                    "LocalCluster's worker processes.")
-@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
-              help="local: this process and its worker processes; dask: the same steps on a Dask cluster "
-                   "(pip install -e '.[dask]'; docs/scaling.md).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="With --engine dask: an existing scheduler (tcp://host:8786); without it, a LocalCluster of "
-                   "--workers processes on this machine.")
+@engine_options
 @common_options
 @handle_errors
 def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path: str | None, write_csv: bool,
@@ -200,12 +205,7 @@ def run(inputs: tuple[str, ...], map_path: str | None, out_dir: str, model_path:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Rows per chunk and per transaction.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
               help="Append the run's JSON log line to this file instead of stderr.")
-@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
-              help="local: this process and its worker processes; dask: the same steps on a Dask cluster "
-                   "(pip install -e '.[dask]'; docs/scaling.md).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="With --engine dask: an existing scheduler (tcp://host:8786); without it, a LocalCluster of "
-                   "--workers processes on this machine.")
+@engine_options
 @click.option("--workers", default=None, metavar="N|auto", callback=_workers_option,
               help="With --engine dask and no --scheduler: the LocalCluster's worker processes (default: auto).")
 @common_options
