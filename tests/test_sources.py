@@ -127,3 +127,18 @@ def test_sources_describe_counts_label_kinds():
     df["lang"] = ["it", "it", "de"]
     d = sources.describe(df)
     assert d == {"rows": 3, "with_stage": 1, "with_sentiment": 2, "with_feedback": 0, "languages": {"de": 1, "it": 2}}
+
+
+def test_the_bank_maps_mapping_places_every_banking77_intent_once():
+    """configs/mappings/banking77_bank.yaml (benchmarks/few_shot.py's ground truth) covers the
+    same 77 intents as the default map's mapping, each in a stage of configs/journeys/bank.yaml."""
+    from feedback_nlp.config import load_journey_map, project_root
+    from feedback_nlp.sources import load_mapping
+
+    root = project_root() / "configs"
+    bank = load_journey_map(root / "journeys" / "bank.yaml")
+    default = load_journey_map(root / "journeys" / "contact_centre.yaml")
+    ours = load_mapping(root / "mappings" / "banking77_bank.yaml", bank.stage_ids)
+    theirs = load_mapping(root / "mappings" / "banking77.yaml", default.stage_ids)
+    assert set(ours["stages"]) == set(theirs["stages"]) and len(ours["stages"]) == 77
+    assert set(ours["stages"].values()) == set(bank.stage_ids)
