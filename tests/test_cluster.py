@@ -318,3 +318,22 @@ def test_score_on_the_cluster_stores_what_the_local_engine_stores(tmp_path, clie
     assert n >= b.stats.units_scored * 0.9
     again = score([SURVEYS], store=tmp_path / "b.db", out_dir=tmp_path / "b", session=session, **kw)
     assert again.stats.items_new == 0 and again.stats.items_unchanged == b.stats.items_new
+
+
+def test_run_on_an_existing_scheduler_from_the_command_line(tmp_path, client, local_run):
+    """`--scheduler ADDRESS`: the job reaches workers the run did not start (its plugin stops
+    their profiler), and the outputs are the local engine's."""
+    from feedback_nlp.cli import main
+
+    out = tmp_path / "ext"
+    res = CliRunner().invoke(main, ["run", str(SURVEYS), "--out", str(out), "--engine", "dask", "--scheduler",
+                                    client.scheduler.address, "--chunk-size", "25", "-q"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["engine"] == "dask" and run["dask"]["scheduler"] == client.scheduler.address
+    _assert_same_outputs(local_run, out)
+
+    def profiling(dask_worker):
+        return dask_worker.periodic_callbacks["profile"].is_running()
+
+    assert not any(client.run(profiling).values())
