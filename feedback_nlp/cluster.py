@@ -244,7 +244,7 @@ def score_block(block: Block, part: int, earlier: dict[str, str], *, job: Cluste
             cand = cand[np.argsort(keys[cand], kind="stable")[:2 * max_negative_units]]
             if len(units):
                 _write_parquet(units, folder / ".shift" / f"part-{part:05d}.parquet")
-                _write_npy(np.asarray(emb, dtype=np.float32)[np.sort(cand)], np.sort(cand),
+                _write_npz(np.asarray(emb, dtype=np.float32)[np.sort(cand)], np.sort(cand),
                            folder / ".shift" / f"part-{part:05d}.npz")
             out.state = ShiftState(sample, np.sort(keys[cand]), max_keys=2 * max_negative_units)
         else:
@@ -303,7 +303,7 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write_npy(vecs: np.ndarray, rows: np.ndarray, path: Path) -> None:
+def _write_npz(vecs: np.ndarray, rows: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.npz")
     np.savez(tmp, vecs=vecs, rows=rows)
@@ -400,16 +400,19 @@ WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 
 def worker_environ(threads: int) -> dict[str, Any]:
-    """The environment a worker process starts with: Dask's own (its nanny sets the BLAS pools to
-    one thread and MALLOC_TRIM_THRESHOLD_) with every thread pool sized to the worker's share of
-    the cores, lingua's Rust pool (RAYON_NUM_THREADS) included, as workers.py does for the local
-    engine's processes."""
+    """The environment a worker process starts with: Dask's own, with every thread pool sized to
+    the worker's share of the cores, lingua's Rust pool (RAYON_NUM_THREADS) included, as workers.py
+    does for the local engine's processes, and without the MALLOC_TRIM_THRESHOLD_ Dask's nanny
+    sets: glibc then hands memory back after every large temporary array, which cost 14-18 s of
+    system time per 20,000 items here (docs/scaling.md)."""
     import dask
 
     from feedback_nlp.workers import THREAD_VARS
 
-    return {**dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}),
-            **{var: str(threads) for var in THREAD_VARS}}
+    env = {**dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}),
+           **{var: str(threads) for var in THREAD_VARS}}
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
 
 
 def run_batch_dask(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Settings, columns: ColumnMap,
