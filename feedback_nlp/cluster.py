@@ -47,7 +47,8 @@ import pandas as pd
 from feedback_nlp.aggregate import Accumulator, Counts
 from feedback_nlp.config import ColumnMap, JourneyMap, Settings
 from feedback_nlp.errors import FeedbackError, InputError, Reason
-from feedback_nlp.read import Block, discover, drop_duplicate_ids, map_columns, plan_blocks, quarantine_frame, read_block
+from feedback_nlp.read import (Block, discover, drop_duplicate_ids, map_columns, plan_blocks, quarantine_frame,
+                               read_block, row_location)
 from feedback_nlp.records import QUARANTINED, unit_keys
 from feedback_nlp.workers import threads_per_worker
 
@@ -58,7 +59,6 @@ except ImportError:  # the engine is an extra: `pip install -e '.[dask]'`
 
 PLUGIN = "feedback-nlp-job"
 SPLIT_EVERY = 8            # accumulators merged per reduction task
-CANDIDATE_MIN_NEGATIVE = 0.1  # as pipeline.ShiftPass
 
 
 def require_dask() -> None:
@@ -159,22 +159,18 @@ class ShiftState:
 
     def merge(self, other: "ShiftState") -> "ShiftState":
         self.sample.merge(other.sample)
-        self.keys = _smallest(np.concatenate([self.keys, other.keys]), self.max_keys)
+        self.keys = np.sort(np.concatenate([self.keys, other.keys]))[:self.max_keys]
         return self
-
-
-def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
-    return np.sort(keys)[:k]
 
 
 def block_ids(block: Block, columns: ColumnMap, settings: Settings) -> tuple[list[str], list[str]]:
     """The block's item ids and where each is, in order (the read and mapping only)."""
     ids: list[str] = []
     where: list[str] = []
-    for raw, _ in read_block(block, max(block.rows, 1)):
+    for raw, _ in read_block(block, settings.chunk_size):
         items = map_columns(raw, Path(block.path), columns, max_text_chars=settings.max_text_chars).items
         ids += items["item_id"].astype(str).tolist()
-        where += [f"{s} row {r}" for s, r in zip(items["source_file"], items["row"])]
+        where += [row_location(s, r) for s, r in zip(items["source_file"], items["row"])]
     return ids, where
 
 
@@ -198,22 +194,24 @@ def earlier_ids(blocks_ids: Iterable[tuple[list[str], list[str]]]) -> Iterable[d
 def score_block(block: Block, part: int, earlier: dict[str, str], *, job: ClusterJob, embedder: Any,
                 folder: Path, shift: bool, max_negative_units: int) -> PartOut:
     """Read, map and score one block; write its units (or, with label shift, its scratch file)."""
-    from feedback_nlp.pipeline import StepClock, process_chunk
+    from feedback_nlp.pipeline import CANDIDATE_MIN_NEGATIVE, CANDIDATES_PER_SAMPLED, StepClock, process_chunk
     from feedback_nlp.shift import PriorSample
 
     settings: Settings = job.chunk.settings
     clock = StepClock()
     counts = Counts()
     with clock("read"):
-        raws = list(read_block(block, max(block.rows, 1)))  # an unreadable file raises its InputError
+        raws = list(read_block(block, settings.chunk_size))  # an unreadable file raises its InputError
     frames, qs = [], []
+    seen = dict(earlier)  # ids of earlier blocks, then this block's own as they come
     for raw, bad in raws:
         counts.rows_read += len(raw) + len(bad)
         mapped = map_columns(raw, Path(block.path), job.columns, max_text_chars=settings.max_text_chars)
         counts.add_blanked(mapped.blanked)
-        items, dup_q = drop_duplicate_ids(mapped.items, dict(earlier))
+        items, dup_q = drop_duplicate_ids(mapped.items, seen)
         frames.append(items)
         qs += [quarantine_frame(bad), mapped.quarantine, dup_q]
+    n_candidates = CANDIDATES_PER_SAMPLED * max_negative_units
     items = pd.concat(frames, ignore_index=True) if frames else None
     try:
         if items is None:
@@ -224,10 +222,10 @@ def score_block(block: Block, part: int, earlier: dict[str, str], *, job: Cluste
     except InputError:
         raise
     except Exception as e:  # the partition's data broke a step: its rows are quarantined, the run goes on
-        q = _failed_rows(items, e)
-        counts.add_quarantine(pd.concat([*(x for x in qs if len(x)), q], ignore_index=True))
-        return PartOut(part, pd.concat([*(x for x in qs if len(x)), q], ignore_index=True), counts, clock,
-                       state=ShiftState(PriorSample(), max_keys=2 * max_negative_units) if shift
+        q = pd.concat([*(x for x in qs if len(x)), _failed_rows(items, e)], ignore_index=True)
+        counts.add_quarantine(q)
+        return PartOut(part, q, counts, clock,
+                       state=ShiftState(PriorSample(), max_keys=n_candidates) if shift
                        else Accumulator(settings, max_negative_units=max_negative_units),
                        failed=f"{type(e).__name__}: {e}")
     q = pd.concat([x for x in (*qs, empty_q) if len(x)] or [QUARANTINED.empty()], ignore_index=True)
@@ -241,12 +239,12 @@ def score_block(block: Block, part: int, earlier: dict[str, str], *, job: Cluste
             keys = unit_keys(units)
             cand = np.flatnonzero(units["p_negative"].to_numpy() >= CANDIDATE_MIN_NEGATIVE) if len(units) else \
                 np.zeros(0, dtype=np.int64)
-            cand = cand[np.argsort(keys[cand], kind="stable")[:2 * max_negative_units]]
+            cand = cand[np.argsort(keys[cand], kind="stable")[:n_candidates]]
             if len(units):
                 _write_parquet(units, folder / ".shift" / f"part-{part:05d}.parquet")
                 _write_npz(np.asarray(emb, dtype=np.float32)[np.sort(cand)], np.sort(cand),
                            folder / ".shift" / f"part-{part:05d}.npz")
-            out.state = ShiftState(sample, np.sort(keys[cand]), max_keys=2 * max_negative_units)
+            out.state = ShiftState(sample, np.sort(keys[cand]), max_keys=n_candidates)
         else:
             if len(units):
                 _write_parquet(units, folder / "units" / f"part-{part:05d}.parquet")

@@ -47,10 +47,10 @@ from feedback_nlp.classify import Model, classify_chunk, label_units
 from feedback_nlp.config import JourneyMap, Settings
 from feedback_nlp.errors import FeedbackError, InputError
 from feedback_nlp.lock import RunLock, pid_alive
-from feedback_nlp.pipeline import (EmbedderLike, Outputs, _progress_bar, process_chunk, stage_prototypes,
+from feedback_nlp.pipeline import (EmbedderLike, Outputs, _progress_bar, process_chunk, read_items, stage_prototypes,
                                    touchpoint_prototypes_for, write_outputs)
 from feedback_nlp.zeroshot import StagePrototypes, TouchpointPrototypes
-from feedback_nlp.read import discover, drop_duplicate_ids, map_columns, quarantine_frame, read_raw_chunks
+from feedback_nlp.read import discover
 from feedback_nlp.records import ITEM_CONTEXT, QUARANTINED, UNASSIGNED, UNIT
 from feedback_nlp.shift import PriorSample, Priors, estimate, train_priors
 from feedback_nlp.shift import apply as apply_priors
@@ -484,25 +484,18 @@ def _changed(files: list[Path], st: Store, run_id: int, *, settings: Settings, c
              stats: RunStats, bar: Any):
     """Per chunk of the inputs: (items new or edited since stored, their content hashes, the
     hashes stored for them, the read's quarantine frames); unchanged items are only touched."""
-    seen: dict[str, str] = {}
-    for path in files:
+    t0 = time.perf_counter()
+    for path, items, read_q in read_items(files, settings, columns, read):
         bar.set_description(path.name)
+        hashes = content_hashes(items)
+        known = st.known_hashes(items["item_id"].astype(str))
+        stored = items["item_id"].astype(str).map(known)
+        unchanged = (stored == hashes).to_numpy(dtype=bool)
+        st.touch(items.loc[unchanged, "item_id"].astype(str).tolist(), run_id)
+        stats.items_unchanged += int(unchanged.sum())
+        stats.time("read", time.perf_counter() - t0)
+        yield items[~unchanged], hashes[~unchanged], stored[~unchanged], list(read_q)
         t0 = time.perf_counter()
-        for raw, bad in read_raw_chunks(path, settings.chunk_size):
-            read.rows_read += len(raw) + len(bad)
-            mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
-            read.add_blanked(mapped.blanked)
-            items, dup_q = drop_duplicate_ids(mapped.items, seen)
-            hashes = content_hashes(items)
-            known = st.known_hashes(items["item_id"].astype(str))
-            stored = items["item_id"].astype(str).map(known)
-            unchanged = (stored == hashes).to_numpy(dtype=bool)
-            st.touch(items.loc[unchanged, "item_id"].astype(str).tolist(), run_id)
-            stats.items_unchanged += int(unchanged.sum())
-            stats.time("read", time.perf_counter() - t0)
-            yield items[~unchanged], hashes[~unchanged], stored[~unchanged], [quarantine_frame(bad), mapped.quarantine,
-                                                                             dup_q]
-            t0 = time.perf_counter()
 
 
 def _quarantine(out: Outputs, read: Counts, frames: list[pd.DataFrame]) -> None:

@@ -249,8 +249,8 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     held_rows = 0           # rows, not chunks: a dump of many small files makes many short chunks
     empty_units = None
     warmer = _Warmer()
-    shift = ShiftPass(out.tmp, settings, model, chunk_size=settings.chunk_size,
-                      max_candidates=2 * acc.max_negative_units) if settings.label_shift else None
+    shift = ShiftPass(out.tmp, settings, model, max_candidates=CANDIDATES_PER_SAMPLED * acc.max_negative_units) \
+        if settings.label_shift else None
 
     def finish(units: pd.DataFrame, emb: np.ndarray, empty_q: pd.DataFrame, read_q: tuple) -> None:
         nonlocal empty_units
@@ -339,6 +339,14 @@ def run_batch(inputs: Iterable[str | Path], *, journey: JourneyMap, settings: Se
     return RunResult(Path(out_dir), jm, agg.scores, agg.counts, used_workers, clock)
 
 
+# With label shift on, which units are negative is known only after the run's class mix: the
+# embeddings kept for the themes' sample are those of a uniform sample (bottom-k unit keys) of
+# CANDIDATES_PER_SAMPLED x max_negative_units units whose raw negative probability reaches
+# CANDIDATE_MIN_NEGATIVE. Both engines keep the same ones (cluster.py).
+CANDIDATE_MIN_NEGATIVE = 0.1
+CANDIDATES_PER_SAMPLED = 2
+
+
 class ShiftPass:
     """A run with label shift on labels its units twice: as chunks come back they are written,
     with their raw probabilities, to a scratch Parquet file in the temporary output folder, and a
@@ -353,12 +361,11 @@ class ShiftPass:
     Accumulator samples the run's negative units among those.
     """
 
-    def __init__(self, folder: Path, settings: Settings, model: Model, *, chunk_size: int,
-                 max_candidates: int, candidate_min_negative: float = 0.1) -> None:
+    def __init__(self, folder: Path, settings: Settings, model: Model, *, max_candidates: int,
+                 candidate_min_negative: float = CANDIDATE_MIN_NEGATIVE) -> None:
         self.path = folder / ".units.raw.parquet"
         self.settings = settings
         self.trained = train_priors(model)
-        self.chunk_size = chunk_size
         self.max_candidates = max_candidates
         self.candidate_min_negative = candidate_min_negative
         self.sample = PriorSample()

@@ -223,6 +223,8 @@ def _read_parquet(path: Path, chunk_size: int, *, start: int = 0,
         lo, hi = max(start - offset, 0), len(batch) if stop is None else min(stop - offset, len(batch))
         if hi <= lo:
             offset += len(batch)
+            if stop is not None and offset >= stop:
+                break
             continue
         df = batch.slice(lo, hi - lo).to_pandas()
         offset += lo
@@ -455,6 +457,11 @@ def map_columns(
     return MappedChunk(items, quarantine_frame(quarantine), {k: v for k, v in blanked.items() if v})
 
 
+def row_location(source_file: object, row: object) -> str:
+    """Where an item was read, as quarantine details name it."""
+    return f"{source_file} row {row}"
+
+
 def drop_duplicate_ids(items: pd.DataFrame, seen: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep the first row of each id across the whole run; later ones go to quarantine.
 
@@ -471,7 +478,7 @@ def drop_duplicate_ids(items: pd.DataFrame, seen: dict[str, str]) -> tuple[pd.Da
             rows.append(_q(Path(src), int(row), "id", Reason.DUPLICATE_ID,
                            f"id {item_id!r} already read at {first}", text))
         else:
-            seen[item_id] = f"{src} row {row}"
+            seen[item_id] = row_location(src, row)
     return items.loc[keep], quarantine_frame(rows)
 
 
