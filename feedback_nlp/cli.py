@@ -312,6 +312,9 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     ts = load_train_settings(train_config).replace(test_size=test_size, seed=seed)
     mode = resolve_mode(ts.fine_tune.mode, settings.embedder) if fine_tune else None
     journey = load_journey_map(map_path or settings.journey_map)
+    # the seed corpus (and a base model's files) are labelled for the default map: under another
+    # map their stages mean nothing, their sentiment still trains the sentiment head
+    other_map = set(journey.stage_ids) != set(load_journey_map(settings.journey_map).stage_ids)
     root = _models_root(settings.model)
     if not files and not new_labels:
         raise InputError("E512", "give labelled FILES, or --labels FILE (merged over the seed corpus)")
@@ -323,7 +326,7 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
             sources.append([str(resolve(ts.seed_corpus))])
         base_dir = resolve_model_folder(base) if base else (root / POINTER if (root / POINTER).is_file() else None)
         base_meta = load_model(base_dir).meta if base_dir is not None else {}
-        if base_meta.get("recipe") and not files and not mode:
+        if base_meta.get("recipe") and not files and not mode and not other_map:
             from feedback_nlp import recipe as rcp
 
             earlier = [f for f in base_meta.get("sources", {}).get("labels", {}).get("files", [])
@@ -345,7 +348,12 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     out = Path(out_dir) if out_dir else root / f"v{len(registry.versions(root)) + 1 if root.is_dir() else 1}"
     if out.exists() and any(out.iterdir()):
         raise FeedbackError("E510", f"{out} exists and is not empty; model versions are never overwritten")
-    df, issues = load_labels(sources, columns, settings, journey.stage_ids)
+    inherited = [i for i, group in enumerate(sources) if other_map and group is not sources[-1]
+                 and (not files or group is not sources[0])]
+    if inherited and not quiet:
+        click.echo(f"{map_path}: not the map the seed corpus is labelled for; its rows train the sentiment head "
+                   "only, stages come from your labels", err=True)
+    df, issues = load_labels(sources, columns, settings, journey.stage_ids, sentiment_only=inherited)
     if len(issues):
         counts = issues["problem"].value_counts().to_dict()
         click.echo(f"{len(issues)} labelled rows not used: " + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
@@ -389,6 +397,11 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     reason = "first version"
     if current and current != out.name and not force:
         old = load_model(out.parent / current)
+        if set(old.stage.classes_) != set(model.stage.classes_):
+            click.echo(f"not promoted: its stages differ from current {current}'s (another journey map?), so the "
+                       "two cannot be compared; keep it in its own models folder, or `feedback-nlp models promote` "
+                       "(or --force)", err=True)
+            return
         if old.embedder_id == emb.id:
             X_old = X[held_out]
         elif old.embedder_folder:  # it carries its own (fine-tuned) encoder: embed the held-out rows with it

@@ -420,9 +420,10 @@ FINE_TUNE_LABELS = ("stage", "sentiment")
 class FineTuneSettings:
     """`train --fine-tune` settings (the `fine_tune:` block of configs/train.yaml).
 
-    `mode: auto` fine-tunes the encoder when the embedder is a sentence-transformers folder and
-    trains a contrastive adapter on the frozen embeddings otherwise (use-m3 and its tiers are
-    not trainable). Wrong types raise TypeError, which the loader reports naming the file.
+    `mode: auto` fine-tunes the encoder when the embedder is use-m3 (through its torch twin,
+    `use_*` settings) or a sentence-transformers folder (`encoder_*`), and trains a contrastive
+    adapter on the frozen embeddings for the ONNX and static tiers. Wrong types raise TypeError,
+    which the loader reports naming the file.
     """
 
     mode: str = "auto"
@@ -440,6 +441,15 @@ class FineTuneSettings:
     encoder_warmup: float = 0.1
     encoder_max_seq_length: int = 128
     encoder_refit: bool = True
+    use_epochs: int = 3
+    use_lr: float = 2e-4
+    use_head_lr: float = 3e-3
+    use_batch_size: int = 32
+    use_anchor_weight: float = 0.1
+    use_probe_epochs: int = 20
+    use_train_table: bool = False
+    use_table_lr: float = 1e-3
+    use_touchpoints: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -467,6 +477,13 @@ class FineTuneSettings:
             ("encoder_lr", self.encoder_lr > 0),
             ("encoder_warmup", 0 <= self.encoder_warmup < 1),
             ("encoder_max_seq_length", self.encoder_max_seq_length >= 8),
+            ("use_epochs", self.use_epochs >= 0),
+            ("use_lr", self.use_lr > 0),
+            ("use_head_lr", self.use_head_lr > 0),
+            ("use_batch_size", self.use_batch_size >= 1),
+            ("use_anchor_weight", self.use_anchor_weight >= 0),
+            ("use_probe_epochs", self.use_probe_epochs >= 0),
+            ("use_table_lr", self.use_table_lr > 0),
         ] if not ok]
         if bad:
             raise InputError("E034", f"fine_tune setting(s) out of range: {bad} (mode is one of "

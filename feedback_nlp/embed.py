@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,26 +262,9 @@ def _usem3_module_class():
 
 
 def _usem3_torch_module_class():
-    """USE multilingual v3 in torch (use_torch.USEEncoder) as a sentence-transformers input module:
-    texts in, embeddings out, gradients through when training."""
-    import torch
-
-    from feedback_nlp import use_torch
-
-    class USEM3Torch(_text_module_base()):
-        config_keys = ["train_table"]
-
-        def __init__(self, train_table: bool = False, weights: dict | None = None) -> None:
-            super().__init__()
-            self.train_table = train_table
-            self.encoder = use_torch.encoder(weights, train_table=train_table)
-
-        def forward(self, features: dict, **kwargs: Any) -> dict:
-            flat, lengths = use_torch.tokenize(features["texts"])
-            device = next(self.encoder.parameters()).device
-            features["sentence_embedding"] = self.encoder(torch.from_numpy(flat).to(device),
-                                                          torch.from_numpy(lengths).to(device))
-            return features
+    """USE multilingual v3 in torch as a sentence-transformers input module (use_st.py, which
+    imports torch: imported here only when needed)."""
+    from feedback_nlp.use_st import USEM3Torch
 
     return USEM3Torch
 
@@ -312,6 +296,23 @@ def _onnx_module_class():
             return features
 
     return USEM3Onnx
+
+
+USE_TORCH_MODULE = "feedback_nlp.use_st.USEM3Torch"  # modules.json type of a fine-tuned USE folder
+
+
+def load_folder(folder: str | Path, device: str = "cpu") -> Any:
+    """A sentence-transformers folder, offline. A fine-tuned USE folder (one module, our own class)
+    is built from that class directly: sentence-transformers would otherwise want
+    `trust_remote_code`, which would also run code from any folder a user hands us."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(folder)
+    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    if [m.get("type") for m in modules] == [USE_TORCH_MODULE]:
+        module = _usem3_torch_module_class().load(str(folder), subfolder=modules[0].get("path", ""))
+        return SentenceTransformer(modules=[module], device=device)
+    return SentenceTransformer(str(folder), device=device, local_files_only=True)
 
 
 @dataclass(frozen=True)
@@ -412,7 +413,7 @@ class Embedder:
 
             if self.device == "cpu":
                 torch.set_num_threads(threads)
-            return SentenceTransformer(self._folder, device=self.device, local_files_only=True)
+            return load_folder(self._folder, device=self.device)
         except OSError as e:
             raise FeedbackError("E201", f"embedder {spec!r} could not be loaded offline: {e}") from e
 

@@ -208,17 +208,26 @@ class ContrastiveAdapter(TransformerMixin, BaseEstimator):
 
 
 def resolve_mode(mode: str, embedder: str) -> str:
-    """`auto` -> `encoder` for a sentence-transformers folder, `adapter` for the built-in tiers
-    (use-m3 is numpy and its other tiers derive from it: not trainable here)."""
+    """`auto` -> `encoder` for use-m3 (fine-tuned through its torch twin, `fine_tune_use`) and for
+    a sentence-transformers folder, `adapter` for the ONNX and static tiers (not trainable here)."""
     from feedback_nlp.embed import TIERS
     from feedback_nlp.errors import InputError
 
+    trainable = embedder not in TIERS or is_use(embedder)
     if mode == "auto":
-        return "adapter" if embedder in TIERS else "encoder"
-    if mode == "encoder" and embedder in TIERS:
-        raise InputError("E513", f"fine_tune.mode encoder needs a sentence-transformers model folder as the "
-                                 f"embedder; {embedder!r} is not trainable (use mode adapter or auto)")
+        return "encoder" if trainable else "adapter"
+    if mode == "encoder" and not trainable:
+        raise InputError("E513", f"fine_tune.mode encoder needs use-m3, use-m3-torch or a sentence-transformers "
+                                 f"model folder as the embedder; {embedder!r} is not trainable (use mode adapter "
+                                 "or auto)")
     return mode
+
+
+def is_use(embedder: str) -> bool:
+    """use-m3 or its torch twin: one function (same id), fine-tuned end to end by `fine_tune_use`."""
+    from feedback_nlp.embed import DEFAULT_EMBEDDER, TORCH_EMBEDDER
+
+    return embedder in (DEFAULT_EMBEDDER, TORCH_EMBEDDER)
 
 
 def fine_tune_encoder(spec: str, texts: list[str], y: Any, *, epochs: int = 1, pairs_per_unit: int = 4,
@@ -231,16 +240,15 @@ def fine_tune_encoder(spec: str, texts: list[str], y: Any, *, epochs: int = 1, p
     `accelerate` for what is a few lines here. `progress(n)` is called after each step with the
     pairs done.
     """
-    from feedback_nlp.embed import _offline
+    from feedback_nlp.embed import _offline, load_folder
 
     _offline()
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
     codes = _label_codes(y)
     rng = np.random.default_rng(random_state)
     with _torch_deterministic(random_state, threads) as torch:
-        model = SentenceTransformer(spec, device="cpu", local_files_only=True)
+        model = load_folder(spec)
         current = getattr(model, "max_seq_length", None)
         if current is not None and np.isfinite(current) and current > max_seq_length:  # static models: inf
             model.max_seq_length = max_seq_length
@@ -307,3 +315,127 @@ class Timer:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+# --- end-to-end fine-tuning of USE-m-v3 (use_torch.py) ---------------------------------------
+
+
+def fine_tune_use(texts: list[str], labels: dict[str, np.ndarray], *, anchors: np.ndarray | None = None,
+                  epochs: int = 3, lr: float = 5e-5, head_lr: float = 3e-3, batch_size: int = 32,
+                  anchor_weight: float = 1.0, train_table: bool = False, table_lr: float = 1e-3,
+                  probe_epochs: int = 20, random_state: int = 0, threads: int = 2, device: str = "cpu",
+                  progress: Any = None) -> Any:
+    """USE-m-v3 (torch) fine-tuned end to end on classification heads, one per label column.
+
+    `labels` maps a head name to its targets: (n,) class labels (softmax, cross-entropy; rows with
+    an empty label do not count for that head) or an (n, k) 0/1 matrix (multi-label, one sigmoid
+    per column: touchpoints). Why these choices:
+
+    - linear probe first (LP-FT, Kumar et al. 2022): the heads are fitted on the frozen
+      embeddings (`anchors`, or computed here) before the encoder moves, so the first encoder
+      steps follow a sensible gradient rather than a random head's;
+    - an anchor term, `anchor_weight * (1 - cos(z, z_frozen))` per text, keeps each embedding near
+      the frozen model's, which is what keeps other languages aligned with the ones labelled (the
+      translation-retrieval check in benchmarks/fine_tune_use.py measures it);
+    - the upper layers (CNN and dense, ~3M floats) always train (AdamW, linear decay); the 128k-row
+      table only with `train_table`, by sparse updates (SparseAdam at `table_lr`), so a saved
+      model stores only the rows its texts touched.
+
+    Returns a sentence-transformers model (one `USEM3Torch` module) in eval mode, with
+    `fine_tune_losses` (mean loss per epoch) and `heads` (the trained linear heads: name ->
+    (weight, bias) numpy arrays).
+    """
+    from feedback_nlp import use_torch
+    from feedback_nlp.embed import _offline, _usem3_torch_module_class
+
+    _offline()
+    from sentence_transformers import SentenceTransformer
+
+    rng = np.random.default_rng(random_state)
+    n = len(texts)
+    targets: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # name -> (kind, targets, mask)
+    widths: dict[str, int] = {}
+    classes: dict[str, np.ndarray] = {}
+    for name, y in labels.items():
+        y = np.asarray(y)
+        if y.ndim == 2:
+            targets[name] = ("multi", y.astype(np.float32), np.ones(n, dtype=bool))
+            widths[name] = y.shape[1]
+        else:
+            ys = y.astype(str)
+            mask = (ys != "") & (ys != "nan") & (ys != "None")
+            classes[name], codes = np.unique(ys[mask], return_inverse=True)
+            full = np.full(n, -100, dtype=np.int64)
+            full[mask] = codes
+            targets[name] = ("single", full, mask)
+            widths[name] = len(classes[name])
+    with _torch_deterministic(random_state, threads) as torch:
+        module = _usem3_torch_module_class()(train_table=train_table)
+        enc = module.encoder.to(device)
+        flat, lengths = use_torch.tokenize(texts)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        if anchors is None:
+            anchors = use_torch.encode(enc, texts, device=device)
+        Z0 = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32)).to(device)
+        heads = torch.nn.ModuleDict()
+        for name, width in widths.items():
+            heads[name] = torch.nn.Linear(use_torch.EMB_DIM, width)
+        heads.to(device)
+        scale = 16.0  # embeddings are unit-norm: logits = scale * (W z + b) lets a small W reach confident odds
+
+        def head_loss(z: Any, sel: np.ndarray) -> Any:
+            total = z.new_zeros(())
+            for name, (kind, y, mask) in targets.items():
+                logits = scale * heads[name](z)
+                if kind == "multi":
+                    total = total + torch.nn.functional.binary_cross_entropy_with_logits(
+                        logits, torch.from_numpy(y[sel]).to(device))
+                elif mask[sel].any():
+                    total = total + torch.nn.functional.cross_entropy(logits, torch.from_numpy(y[sel]).to(device),
+                                                                      ignore_index=-100)
+            return total
+
+        # 1. linear probe on the frozen embeddings
+        probe = torch.optim.AdamW(heads.parameters(), lr=head_lr * 3)
+        for _ in range(probe_epochs):
+            for sel in np.array_split(rng.permutation(n), max(1, n // 256)):
+                loss = head_loss(Z0[torch.from_numpy(sel).to(device)], sel)
+                probe.zero_grad()
+                loss.backward()
+                probe.step()
+        # 2. everything together
+        dense = [p for k, p in enc.named_parameters() if not k.startswith("table")]
+        opt = torch.optim.AdamW([{"params": dense, "lr": lr}, {"params": list(heads.parameters()), "lr": head_lr}])
+        sparse = torch.optim.SparseAdam(list(enc.table.parameters()), lr=table_lr) if train_table else None
+        steps = epochs * -(-n // batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(1, steps)))
+        losses: list[float] = []
+        enc.train()
+        for _ in range(epochs):
+            total = 0.0
+            order = rng.permutation(n)
+            for start in range(0, n, batch_size):
+                sel = np.sort(order[start:start + batch_size])
+                ids = np.concatenate([flat[starts[i]:starts[i] + lengths[i]] for i in sel])
+                z = enc(torch.from_numpy(ids).to(device), torch.from_numpy(lengths[sel]).to(device))
+                z0 = Z0[torch.from_numpy(sel).to(device)]
+                loss = head_loss(z, sel) + anchor_weight * (1.0 - (z * z0).sum(dim=1)).mean()
+                opt.zero_grad()
+                if sparse is not None:
+                    sparse.zero_grad()
+                loss.backward()
+                opt.step()
+                if sparse is not None:
+                    sparse.step()
+                sched.step()
+                total += loss.item() * len(sel)
+                if progress is not None:
+                    progress(len(sel))
+            losses.append(total / n)
+        enc.eval()
+        model = SentenceTransformer(modules=[module], device=device)
+    model.fine_tune_losses = losses
+    model.head_classes = classes
+    model.heads = {name: (h.weight.detach().cpu().numpy() * scale, h.bias.detach().cpu().numpy() * scale)
+                   for name, h in heads.items()}
+    return model

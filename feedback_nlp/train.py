@@ -43,17 +43,21 @@ def _read_label_rows(inputs: Iterable[str | Path], columns: ColumnMap,
             if raw.columns.tolist() == [ROW]:
                 continue
             lower = {c.lower(): c for c in raw.columns}
-            for label in ("stage", "sentiment"):
-                if label not in lower:
-                    raise InputError("E501", f"{where(path, field=label)}: labelled data needs a "
-                                     f"`{label}` column; found {[c for c in raw.columns if c != ROW]}")
+            if "stage" not in lower and "sentiment" not in lower:
+                raise InputError("E501", f"{where(path, field='stage')}: labelled data needs a `stage` or a "
+                                 f"`sentiment` column (or both); found {[c for c in raw.columns if c != ROW]}")
             mapped = map_columns(raw, path, columns, max_text_chars=settings.max_text_chars)
             issues.extend({"source_file": r.source_file, "row": int(r.row), "field": r.field,
                            "problem": r.reason, "detail": r.detail} for r in mapped.quarantine.itertuples())
             items = mapped.items.copy()
             by_row = raw.set_index(ROW)
-            items["stage"] = by_row.loc[items["row"], lower["stage"]].astype(str).str.strip().to_numpy()
-            items["sentiment"] = by_row.loc[items["row"], lower["sentiment"]].astype(str).str.strip().str.lower().to_numpy()
+            for label in ("stage", "sentiment"):  # a missing column: every row leaves that label empty
+                col = lower.get(label)
+                if col is None:
+                    items[label] = ""
+                    continue
+                values = by_row.loc[items["row"], col].fillna("").astype(str).str.strip()
+                items[label] = (values.str.lower() if label == "sentiment" else values).to_numpy()
             tp = lower.get("touchpoints")
             items["touchpoints"] = by_row.loc[items["row"], tp].map(_touchpoint_list).to_numpy() if tp else ""
             frames.append(items)
@@ -68,39 +72,59 @@ def _read_label_rows(inputs: Iterable[str | Path], columns: ColumnMap,
     return df[LABEL_COLUMNS], issues
 
 
-def read_labelled(inputs: Iterable[str | Path], columns: ColumnMap, settings: Settings) -> pd.DataFrame:
-    """Labelled units, strictly: the first bad row is an error naming file, row and field."""
+def read_labelled(inputs: Iterable[str | Path], columns: ColumnMap, settings: Settings, *,
+                  partial: bool = False) -> pd.DataFrame:
+    """Labelled units, strictly: the first bad row is an error naming file, row and field.
+    With `partial`, a row may leave its stage or its sentiment empty (not both)."""
     df, issues = _read_label_rows(inputs, columns, settings)
     if issues:
         i = issues[0]
         raise InputError("E502", f"{where(i['source_file'], i['row'], i['field'] or None)}: {i['problem']}: {i['detail']}")
-    bad_sent = df[~df["sentiment"].isin(SENTIMENTS)]
+    if partial:
+        both = df[(df["stage"] == "") & (df["sentiment"] == "")]
+        if len(both):
+            r = both.iloc[0]
+            raise InputError("E504", f"{where(r['source_file'], int(r['row']), 'stage')}: stage and sentiment are "
+                             "both empty")
+    bad_sent = df[~df["sentiment"].isin([*SENTIMENTS, *([""] if partial else [])])]
     if len(bad_sent):
         r = bad_sent.iloc[0]
         raise InputError("E503", f"{where(r['source_file'], int(r['row']), 'sentiment')}: "
                          f"{r['sentiment']!r} is not one of {list(SENTIMENTS)}")
     empty_stage = df[df["stage"] == ""]
-    if len(empty_stage):
+    if len(empty_stage) and not partial:
         r = empty_stage.iloc[0]
         raise InputError("E504", f"{where(r['source_file'], int(r['row']), 'stage')}: stage is empty")
     return df
 
 
 def load_labels(sources: list[list[str | Path]], columns: ColumnMap, settings: Settings,
-                stage_ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                stage_ids: list[str], *, sentiment_only: Iterable[int] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge labelled sources in order (later sources win on the same unit text) and validate.
 
+    A row may leave its stage or its sentiment empty: it trains the other head only (a few stage
+    labels for a new map need no sentiment). The source groups listed in `sentiment_only` were
+    labelled for another journey map: their stages are dropped, their sentiment kept.
+
     Returns (usable rows, issues). Every row left out is in `issues` with file, row, field and
-    the problem: unreadable, empty text, unknown stage or sentiment, conflicting duplicates within
-    one source (all copies left out), or overridden by a later source.
+    the problem: unreadable, empty text, no label, unknown stage or sentiment, conflicting
+    duplicates within one source (all copies left out), or overridden by a later source.
     """
     issues: list[dict[str, Any]] = []
     kept: list[pd.DataFrame] = []
+    other_map = set(sentiment_only)
     for rank, group in enumerate(sources):
         df, read_issues = _read_label_rows(group, columns, settings)
         issues.extend(read_issues)
-        bad_stage = ~df["stage"].isin(stage_ids)
-        bad_sent = ~df["sentiment"].isin(SENTIMENTS)
+        if rank in other_map:
+            df["stage"] = ""
+        none = (df["stage"] == "") & (df["sentiment"] == "")
+        for r in df[none].itertuples():
+            issues.append({"source_file": r.source_file, "row": int(r.row), "field": "stage,sentiment",
+                           "problem": "no_label", "detail": "neither a stage nor a sentiment"})
+        df = df[~none]
+        bad_stage = ~df["stage"].isin([*stage_ids, ""])
+        bad_sent = ~df["sentiment"].isin([*SENTIMENTS, ""])
         for r in df[bad_stage].itertuples():
             issues.append({"source_file": r.source_file, "row": int(r.row), "field": "stage",
                            "problem": "unknown_stage", "detail": f"{r.stage!r} is not one of {stage_ids}"})
@@ -192,6 +216,22 @@ def multilabel_metrics(Y_true: np.ndarray, Y_pred: np.ndarray, labels: list[str]
     }
 
 
+def labelled(df: pd.DataFrame, label: str) -> np.ndarray:
+    """Rows that carry `label` (partial rows leave stage or sentiment empty)."""
+    return (df[label].astype(str) != "").to_numpy()
+
+
+def check_labels(df: pd.DataFrame) -> None:
+    """Each head needs two classes among the rows that label it."""
+    for label, hint in (("stage", "stage labels for the map"),
+                        ("sentiment", "sentiment labels: `--labels FILE` merges yours over the seed corpus, "
+                                      "whose sentiment labels serve any map")):
+        found = sorted(set(df[label][labelled(df, label)]))
+        if len(found) < 2:
+            raise InputError("E514", f"the {label} head needs rows of at least two {label}s; found {found}. "
+                             f"Give {hint}")
+
+
 def fit_model(X: np.ndarray, df: pd.DataFrame, *, model_id: str, embedder_id: str, seed: int = 0,
               tp_labels: list[str] | None = None, ts: TrainSettings | None = None, adapter: bool = False) -> Model:
     """Heads on embeddings X of the rows `df`; with `adapter`, first a contrastive adapter
@@ -213,14 +253,15 @@ def fit_model(X: np.ndarray, df: pd.DataFrame, *, model_id: str, embedder_id: st
     if ts.kernel_components:
         features = KernelMap(n_components=ts.kernel_components, gamma=ts.kernel_gamma, random_state=seed).fit(X)
         F = features.transform(X)
-    stage = LinearHead(C=ts.C, random_state=seed).fit(F, df["stage"].to_numpy())
-    sentiment = LinearHead(C=ts.C, random_state=seed).fit(F, df["sentiment"].to_numpy())
+    has_stage, has_sent = labelled(df, "stage"), labelled(df, "sentiment")
+    stage = LinearHead(C=ts.C, random_state=seed).fit(F[has_stage], df["stage"].to_numpy()[has_stage])
+    sentiment = LinearHead(C=ts.C, random_state=seed).fit(F[has_sent], df["sentiment"].to_numpy()[has_sent])
     touch = None
-    if tp_labels:
-        Y = touchpoint_matrix(df["touchpoints"], tp_labels)
+    if tp_labels:  # touchpoints are annotated with the journey stage: rows with a stage
+        Y = touchpoint_matrix(df["touchpoints"][has_stage], tp_labels)
         if Y.sum():
             touch = MultiLabelHead(C=ts.touchpoint_C, min_positive=ts.touchpoint_min_positive,
-                                   random_state=seed).fit(F, Y, labels=tp_labels)
+                                   random_state=seed).fit(F[has_stage], Y, labels=tp_labels)
     return Model(model_id=model_id, embedder_id=embedder_id, stage=stage, sentiment=sentiment, touchpoints=touch,
                  features=features, adapter=fitted_adapter)
 
@@ -244,20 +285,20 @@ def reliability(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, bins
 
 def evaluate_model(model: Model, X: np.ndarray, df: pd.DataFrame, *, touchpoint_threshold: float = 0.5) -> dict[str, Any]:
     """Metrics of `model` on labelled rows `df` with embeddings `X`."""
-    stage_labels = sorted(set(df["stage"]) | set(model.stage.classes_))
+    has = {h: labelled(df, h) for h in ("stage", "sentiment")}
+    stage_labels = sorted(set(df["stage"][has["stage"]]) | set(model.stage.classes_))
     probs = model.probabilities(X, df["text"].astype(str).tolist())
     proba = {"stage": probs.stage, "sentiment": probs.sentiment}
     pred = {h: getattr(model, h).classes_[proba[h].argmax(axis=1)] for h in proba}
-    out = {
-        "stage": classification_metrics(df["stage"], pred["stage"], df["lang"], stage_labels),
-        "sentiment": classification_metrics(df["sentiment"], pred["sentiment"], df["lang"], list(SENTIMENTS)),
-    }
+    out = {h: classification_metrics(df[h][has[h]], pred[h][has[h]], df["lang"][has[h]], labels)
+           for h, labels in (("stage", stage_labels), ("sentiment", list(SENTIMENTS)))}
     for head in ("stage", "sentiment"):
-        out[head]["calibration"] = reliability(df[head].to_numpy(), proba[head], getattr(model, head).classes_)
+        out[head]["calibration"] = reliability(df[head].to_numpy()[has[head]], proba[head][has[head]],
+                                               getattr(model, head).classes_)
     if model.touchpoints is not None:
         labels = list(model.touchpoints.labels_)
-        Y_true = touchpoint_matrix(df["touchpoints"], labels)
-        Y_pred = (probs.touchpoints >= touchpoint_threshold).astype(int)
+        Y_true = touchpoint_matrix(df["touchpoints"][has["stage"]], labels)
+        Y_pred = (probs.touchpoints[has["stage"]] >= touchpoint_threshold).astype(int)
         out["touchpoints"] = multilabel_metrics(Y_true, Y_pred, labels)
     if probs.feedback is not None:  # labelled rows are feedback: how many would be left out of scores
         out["feedback"] = {"n": int(len(df)), "judged_not_feedback": int((probs.feedback < 0.5).sum()),
@@ -293,29 +334,55 @@ def train(df: pd.DataFrame, X: np.ndarray | None, *, model_id: str, embedder_id:
     ft = ts.fine_tune
     from feedback_nlp.finetune import Timer
 
+    check_labels(df)
+
     timer = Timer()
     idx_train, idx_test = split_indices(df, test_size=test_size, seed=seed)
     common = dict(model_id=model_id, seed=seed, tp_labels=tp_labels, ts=ts, adapter=fine_tune == "adapter")
+    is_use_encoder = False
     if fine_tune == "encoder":
         from feedback_nlp.embed import Embedder
-        from feedback_nlp.finetune import encode, fine_tune_encoder, save_encoder
+        from feedback_nlp.finetune import encode, fine_tune_encoder, fine_tune_use, is_use, save_encoder
 
         if not encoder or encoder_out is None:
             raise ValueError("fine_tune='encoder' needs the encoder folder and encoder_out")
         texts = df["text"].astype(str).tolist()
-        labels = df[list(ft.labels)].to_numpy()
-        opts = dict(epochs=ft.encoder_epochs, pairs_per_unit=ft.encoder_pairs_per_unit,
-                    batch_size=ft.encoder_batch_size, lr=ft.encoder_lr, warmup=ft.encoder_warmup,
-                    max_seq_length=ft.encoder_max_seq_length, random_state=seed, threads=threads)
+        is_use_encoder = is_use(encoder)
+        if is_use_encoder:
+            if X is None:
+                raise ValueError("fine-tuning use-m3 needs its frozen embeddings X (the anchors)")
+            heads = {name: df[name].to_numpy() for name in ft.labels}
+            if ft.use_touchpoints and tp_labels and "touchpoints" in df:
+                Y = touchpoint_matrix(df["touchpoints"], tp_labels)
+                if Y.sum():
+                    heads["touchpoints"] = Y
+            opts = dict(epochs=ft.use_epochs, lr=ft.use_lr, head_lr=ft.use_head_lr, batch_size=ft.use_batch_size,
+                        anchor_weight=ft.use_anchor_weight, probe_epochs=ft.use_probe_epochs,
+                        train_table=ft.use_train_table, table_lr=ft.use_table_lr, random_state=seed, threads=threads)
+
+            def tune(rows: np.ndarray) -> Any:
+                return fine_tune_use([texts[i] for i in rows], {k: v[rows] for k, v in heads.items()},
+                                     anchors=X[rows], **opts)
+        else:
+            if not all(labelled(df, lb).all() for lb in ft.labels):
+                raise InputError("E515", "fine-tuning a sentence-transformers folder (SetFit pairs) needs every "
+                                 f"row labelled with {list(ft.labels)}; some rows leave one empty")
+            labels = df[list(ft.labels)].to_numpy()
+            opts = dict(epochs=ft.encoder_epochs, pairs_per_unit=ft.encoder_pairs_per_unit,
+                        batch_size=ft.encoder_batch_size, lr=ft.encoder_lr, warmup=ft.encoder_warmup,
+                        max_seq_length=ft.encoder_max_seq_length, random_state=seed, threads=threads)
+
+            def tune(rows: np.ndarray) -> Any:
+                return fine_tune_encoder(encoder, [texts[i] for i in rows], labels[rows], **opts)
         with timer("held_out"):
-            enc = fine_tune_encoder(encoder, [texts[i] for i in idx_train], labels[idx_train], **opts)
+            enc = tune(idx_train)
             X_held = encode(enc, texts)
             held = fit_model(X_held[idx_train], df.iloc[idx_train], embedder_id=embedder_id, **common)
             metrics = evaluate_model(held, X_held[idx_test], df.iloc[idx_test])
         with timer("final"):
             if ft.encoder_refit:  # else ship the encoder the held-out figures describe: half the time
                 del enc
-                enc = fine_tune_encoder(encoder, texts, labels, **opts)
+                enc = tune(np.arange(len(df)))
             save_encoder(enc, encoder_out, base_id=embedder_id,
                          info={"model_id": model_id, "rows": len(df) if ft.encoder_refit else len(idx_train)})
             del enc
@@ -334,8 +401,9 @@ def train(df: pd.DataFrame, X: np.ndarray | None, *, model_id: str, embedder_id:
             model = fit_model(X, df, embedder_id=embedder_id, **common)
         embedder_meta = {"id": embedder_id, "description": embedder_desc}
     mode = fine_tune or "fast"
+    prefix = "use_" if fine_tune == "encoder" and is_use_encoder else f"{fine_tune}_"
     settings_used = {k: v for k, v in dataclasses.asdict(ft).items()
-                     if k in ("mode", "labels") or k.startswith(f"{fine_tune}_")} if fine_tune else {}
+                     if k in ("mode", "labels") or k.startswith(prefix)} if fine_tune else {}
     model.meta = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "feedback_nlp_version": __version__,
@@ -384,8 +452,10 @@ def _training_line(training: dict[str, Any] | None) -> str:
         "fast": "fast (heads on the frozen embeddings)",
         "adapter": "`--fine-tune`: contrastive adapter (SetFit pairs, residual network, numpy "
                    "forward) on the frozen embeddings, under the heads",
-        "encoder": "`--fine-tune`: encoder fine-tuned on SetFit pairs (CosineSimilarityLoss), "
-                   "carried in `embedder/`",
+        "encoder": ("`--fine-tune`: USE-m-v3 fine-tuned end to end (torch) on classification heads, "
+                    "anchored to the frozen embeddings, carried in `embedder/`"
+                    if "use_epochs" in training.get("fine_tune", {}) else
+                    "`--fine-tune`: encoder fine-tuned on SetFit pairs (CosineSimilarityLoss), carried in `embedder/`"),
     }.get(mode, mode)
     settings = training.get("fine_tune") or {}
     shown = ", ".join(f"{k} {v if not isinstance(v, (list, tuple)) else '+'.join(v)}" for k, v in settings.items())

@@ -82,6 +82,10 @@ def _torch_module_class():
                 self.register_buffer("table_q", torch.from_numpy(np.ascontiguousarray(w["table_q"])))
                 self.register_buffer("scale", t["scale"])
                 self.register_buffer("lo", t["lo"])
+            # rows a fine-tune changed (sparse updates), over the frozen table: slot per piece id
+            # (-1: the package's row) and the rows themselves
+            self.register_buffer("row_slot", torch.full((w["table_q"].shape[0],), -1, dtype=torch.int64))
+            self.register_buffer("row_values", torch.zeros((0, EMB_DIM)))
             self.eps = float(w["eps"])
             self.proj = nn.ParameterDict({b: nn.Parameter(t[f"proj{b}"]) for b in BRANCH.values()})
             self.proj_b = nn.ParameterDict({b: nn.Parameter(t[f"proj_b{b}"]) for b in BRANCH.values()})
@@ -100,7 +104,35 @@ def _torch_module_class():
             if self.train_table:
                 return self.table(ids)
             chunk = ids % NUM_CHUNKS
-            return self.table_q[ids].to(self.scale.dtype) * self.scale[chunk, None] + self.lo[chunk, None]
+            rows = self.table_q[ids].to(self.scale.dtype) * self.scale[chunk, None] + self.lo[chunk, None]
+            if len(self.row_values):
+                slot = self.row_slot[ids]
+                rows = torch.where((slot >= 0)[:, None], self.row_values[slot.clamp(min=0)], rows)
+            return rows
+
+        def upper_state(self) -> dict[str, "torch.Tensor"]:
+            """Every trained array except the table: what a fine-tune changes always (~3M floats)."""
+            return {k: v.detach() for k, v in self.named_parameters() if not k.startswith("table")}
+
+        def changed_rows(self, base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            """(piece ids, rows) of a trainable table that differ from the package's rows."""
+            if not self.train_table:
+                return self.row_slot.ge(0).nonzero().flatten().numpy(), self.row_values[
+                    self.row_slot[self.row_slot >= 0]].numpy()
+            table = self.table.weight.detach().numpy()
+            base = dequantize(read_weights()) if base is None else base
+            ids = np.flatnonzero((table != base).any(axis=1))
+            return ids.astype(np.int64), table[ids].copy()
+
+        def set_rows(self, ids: np.ndarray, rows: np.ndarray) -> None:
+            """Replace the given rows of a frozen table (a fine-tune's sparse updates, as loaded)."""
+            if self.train_table:
+                with torch.no_grad():
+                    self.table.weight[torch.from_numpy(ids)] = torch.from_numpy(rows)
+                return
+            self.row_slot.fill_(-1)
+            self.row_slot[torch.from_numpy(np.asarray(ids, dtype=np.int64))] = torch.arange(len(ids))
+            self.row_values = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
 
         def forward(self, ids: "torch.Tensor", lengths: "torch.Tensor") -> "torch.Tensor":
             """ids: the texts' token ids concatenated (with BOS and EOS); lengths: tokens per text."""

@@ -256,7 +256,7 @@ def test_finetune_cli_train_with_use_m3_trains_the_adapter(tmp_path, models_dir)
 
     seed = pd.concat([pd.read_csv(ROOT / "corpora" / "seed" / f"{lang}.csv") for lang in ("it", "en")])
     seed.groupby("stage").sample(12, random_state=0).to_csv(tmp_path / "seed.csv", index=False)
-    cfg = write(tmp_path / "train.yaml", FT_CFG)
+    cfg = write(tmp_path / "train.yaml", FT_CFG + "  mode: adapter\n")
     res = cli("train", tmp_path / "seed.csv", "--fine-tune", "--out", models_dir / "v1", "--train-config", cfg)
     assert res.exit_code == 0, res.output
     assert "fine-tuning (adapter)" in res.output
