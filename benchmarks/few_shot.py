@@ -12,6 +12,10 @@ Prints, on every request of Banking77 train (10,003; read from ../shared/benchma
    embeddings with the map's phrases as extra examples, with and without refinement on the
    unlabelled rest; accuracy on every request not drawn.
 
+3. `train` as a user runs it (`train --labels FILE --map configs/journeys/bank.yaml`, FILE holding
+   k stage-only labels per stage; the seed corpus trains the sentiment head only): the fast heads
+   and `--fine-tune` (USE-m-v3 fine-tuned end to end), on every request not drawn (`--train-draws`).
+
     .venv/bin/python benchmarks/few_shot.py [--benchmarks DIR] [--seeds 5] [--json FILE]
 """
 
@@ -114,6 +118,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--shots", default="8,16,32")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--train-shots", default="8", help="k for part 3 ('' to skip it)")
+    ap.add_argument("--train-draws", type=int, default=3)
     args = ap.parse_args()
     from real_data import Cache
 
@@ -177,9 +183,68 @@ def main() -> None:
         for n, v in fs[k].items():
             print(f"  k={k:<3} {n:<16} right {v['mean']:5.1f}%  (draws {v['min']}-{v['max']})", flush=True)
     out["few_shot"] = fs
+    if args.train_shots:
+        print("3. `train` with k stage-only labels per stage (the seed corpus: sentiment only)")
+        out["train"] = train_as_user(df, X, yi, ids, journey, settings, cache,
+                                     [int(x) for x in args.train_shots.split(",")], args.train_draws)
     out["seconds"] = round(time.time() - t0, 1)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def train_as_user(df, X, yi, ids, journey, settings, cache, shots: list[int], draws: int) -> dict:
+    """`train()` on k stage-only labels per stage plus the seed corpus as sentiment-only rows,
+    as the CLI builds them; accuracy of the stage head on every request not drawn."""
+    import tempfile
+
+    import pandas as pd
+
+    from feedback_nlp.config import load_column_map, load_train_settings, resolve
+    from feedback_nlp.embed import Embedder
+    from feedback_nlp.train import load_labels, map_phrase_rows, train
+
+    ts = load_train_settings()
+    columns = load_column_map(settings.columns)
+    seed, _ = load_labels([[str(resolve(ts.seed_corpus))]], columns, settings, journey.stage_ids, sentiment_only=[0])
+    seed = pd.concat([seed, map_phrase_rows(journey)], ignore_index=True)  # as the CLI adds them
+    X_seed = cache(seed["text"].tolist())
+    res: dict = {}
+    for k in shots:
+        rows: dict[str, list[float]] = {"fast": [], "fine-tune": []}
+        secs: dict[str, list[float]] = {"fast": [], "fine-tune": []}
+        for draw in range(draws):
+            rng = np.random.default_rng(100 + draw)
+            pick = np.concatenate([rng.choice(np.flatnonzero(yi == c), k, replace=False) for c in range(len(ids))])
+            rest = np.ones(len(yi), bool)
+            rest[pick] = False
+            mine = pd.DataFrame({"source_file": "labels.csv", "row": np.arange(len(pick)) + 2,
+                                 "text": df["text"].to_numpy()[pick], "lang": "en",
+                                 "stage": np.asarray(ids)[yi[pick]], "sentiment": "", "touchpoints": "",
+                                 "channel": "", "source": "labels"})
+            rows_df = pd.concat([seed, mine], ignore_index=True)
+            X_all = np.vstack([X_seed, X[pick]]).astype(np.float32)
+            for mode in rows:
+                t0 = time.time()
+                with tempfile.TemporaryDirectory() as tmp:
+                    model, _, _ = train(rows_df, X_all, model_id="fs", embedder_id=cache.emb.id,
+                                        embedder_desc="use-m3", ts=ts, seed=ts.seed, test_size=ts.test_size,
+                                        fine_tune="encoder" if mode == "fine-tune" else None,
+                                        encoder=settings.embedder, encoder_out=Path(tmp) / "embedder",
+                                        threads=settings.threads)
+                    secs[mode].append(time.time() - t0)
+                    E = X if mode == "fast" else Embedder(model.embedder_folder).encode(df["text"].tolist())
+                    p = model.probabilities(E.astype(np.float32), df["text"].tolist()).stage
+                pred = np.asarray([ids.index(s) for s in model.stage.classes_])[p.argmax(1)]
+                rows[mode].append(float((pred[rest] == yi[rest]).mean()))
+                print(f"    k={k} draw {draw + 1} {mode}: right {100 * rows[mode][-1]:.1f}% ({secs[mode][-1]:.0f} s)",
+                      file=sys.stderr, flush=True)
+        res[k] = {m: {"mean": round(100 * float(np.mean(v)), 1), "min": round(100 * float(np.min(v)), 1),
+                      "max": round(100 * float(np.max(v)), 1), "train_seconds": round(float(np.mean(secs[m])), 1)}
+                  for m, v in rows.items()}
+        for m, v in res[k].items():
+            print(f"  k={k:<3} train, {m:<10} right {v['mean']:5.1f}%  (draws {v['min']}-{v['max']}; "
+                  f"train() {v['train_seconds']:.0f} s)", flush=True)
+    return res
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

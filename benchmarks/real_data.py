@@ -9,6 +9,8 @@ default model) and cross-validation (Banking77 stages; GermEval for the non-comm
     .venv/bin/python benchmarks/real_data.py --only umsab,effort   # sections: umsab germeval banking77
                                                                    #   effort shift feedback
     .venv/bin/python benchmarks/real_data.py --model models/real-v1 --before models/seed-v1
+    .venv/bin/python benchmarks/real_data.py --only umsab_ft,banking77_ft   # `train --fine-tune` of use-m3
+                                          # (configs/train.yaml's use_* settings) against its frozen heads
 
 `--model` is the model measured (default: the current one), `--before` the one it replaces;
 cross-validated figures refit the recipe the model was built by (`--recipe`, and
@@ -20,6 +22,7 @@ data is not there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -41,7 +44,7 @@ from feedback_nlp.errors import MissingDataError
 from feedback_nlp.persist import load_model
 from feedback_nlp.records import SENTIMENTS
 
-SECTIONS = ("umsab", "germeval", "banking77", "effort", "shift", "feedback")
+SECTIONS = ("umsab", "germeval", "banking77", "effort", "shift", "feedback", "umsab_ft", "banking77_ft")
 SIX = ("it", "pt", "en", "es", "fr", "de")
 CLS = np.asarray(SENTIMENTS)
 
@@ -233,6 +236,110 @@ def banking77(ctx: dict[str, Any]) -> dict[str, Any]:
           + ", ".join(f"{s} {v:.3f}" for s, v in out["per_stage"].items())
           + f"; judged feedback {out['judged_feedback']:.1%}"
           + "".join(f"; {k} (never saw Banking77), every request: accuracy {v:.4f}" for k, v in before.items()))
+    return out
+
+
+# --- USE-m-v3 fine-tuned end to end (train --fine-tune), against heads on the frozen encoder ------
+
+
+def _heads(X: np.ndarray, y: np.ndarray) -> Any:
+    """The heads `train` fits (configs/train.yaml: kernel map, logistic head), on embeddings X."""
+    from feedback_nlp.classify import KernelMap, LinearHead
+    from feedback_nlp.config import load_train_settings
+
+    ts = load_train_settings()
+    km = KernelMap(n_components=ts.kernel_components, gamma=ts.kernel_gamma, random_state=ts.seed).fit(X)
+    head = LinearHead(C=ts.C, random_state=ts.seed).fit(km.transform(X), y)
+    return lambda V: head.classes_[head.predict_proba(km.transform(V)).argmax(axis=1)]
+
+
+def _fine_tune(texts: list[str], labels: dict[str, np.ndarray], anchors: np.ndarray, threads: int) -> Any:
+    from feedback_nlp.config import load_train_settings
+    from feedback_nlp.finetune import fine_tune_use
+
+    ft = load_train_settings().fine_tune
+    t0 = time.time()
+    model = fine_tune_use(texts, labels, anchors=anchors, epochs=ft.use_epochs, lr=ft.use_lr,
+                          head_lr=ft.use_head_lr, batch_size=ft.use_batch_size, anchor_weight=ft.use_anchor_weight,
+                          probe_epochs=ft.use_probe_epochs, train_table=ft.use_train_table,
+                          table_lr=ft.use_table_lr, threads=threads)
+    model.seconds = time.time() - t0
+    model.settings = {k: v for k, v in dataclasses.asdict(ft).items() if k.startswith("use_")}
+    return model
+
+
+def _frozen_vs_tuned(ctx: dict[str, Any], train_texts: list[str], y: np.ndarray, test_texts: list[str],
+                     head: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """Fine-tune on (train_texts, y); predictions on test_texts of the frozen encoder's heads, of
+    the heads `train` would fit on the fine-tuned embeddings, and of the fine-tune's own head."""
+    from feedback_nlp.finetune import encode
+
+    X0, V0 = ctx["embed"](train_texts), ctx["embed"](test_texts)
+    tuned = _fine_tune(train_texts, {head: y}, X0, ctx["settings"].threads)
+    V = encode(tuned, test_texts)
+    W, bias = tuned.heads[head]
+    return tuned, {"frozen encoder, kernel heads": _heads(X0, y)(V0),
+                   "fine-tuned, kernel heads (what train ships)": _heads(encode(tuned, train_texts), y)(V),
+                   "fine-tuned, its own linear head": tuned.head_classes[head][(V @ W.T + bias).argmax(axis=1)]}
+
+
+def translation_retrieval(encode: Any) -> dict[str, float]:
+    """corpora/parallel: share of IT/PT/ES/FR/DE sentences whose nearest English sentence (cosine,
+    among all 200) is their translation. Written by the team: a check that fine-tuning keeps the
+    languages aligned, not an accuracy figure."""
+    par = pd.read_csv(project_root() / "corpora" / "parallel" / "feedback_6lang.csv", dtype=str)
+    E = encode(par["en"].tolist())
+    out = {}
+    for lang in ("it", "pt", "es", "fr", "de"):
+        S = encode(par[lang].tolist())
+        out[lang] = 100 * float(((S @ E.T).argmax(axis=1) == np.arange(len(par))).mean())
+    return out
+
+
+def umsab_ft(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tuned on UMSAB train (8 languages, 14,712 tweets), measured on val, against the same
+    heads on the frozen encoder trained on the same tweets; translation retrieval before and after."""
+    from feedback_nlp.finetune import encode
+
+    langs = list(sources.UMSAB_LANGS)
+    tr = sources.read_umsab(ctx["root"] / "umsab", split="train", languages=langs)
+    va = sources.read_umsab(ctx["root"] / "umsab", split="val", languages=langs)
+    tuned, preds = _frozen_vs_tuned(ctx, tr["text"].tolist(), tr["sentiment"].to_numpy(), va["text"].tolist(),
+                                    "sentiment")
+    out: dict[str, Any] = {"train_seconds": tuned.seconds, "settings": tuned.settings, "macro_f1": {}}
+    for name, pred in preds.items():
+        out["macro_f1"][name] = {lang: 100 * f1_score(va["sentiment"][m], pred[m.to_numpy()], average="macro")
+                                 for lang, m in ((lang, va["lang"] == lang) for lang in sorted(set(va["lang"])))}
+    frozen_enc = ctx["embed"]
+    out["retrieval"] = {"frozen": translation_retrieval(frozen_enc),
+                        "fine-tuned": translation_retrieval(lambda t: encode(tuned, t))}
+    print(f"\n## UMSAB val after fine-tuning on UMSAB train ({len(tr)} tweets, {tuned.seconds:.0f} s on "
+          f"{ctx['settings'].threads} threads; {tuned.settings})")
+    print("| encoder, heads | " + " | ".join(SIX) + " | ar | hi |")
+    print("|---|" + "---|" * 8)
+    for name, r in out["macro_f1"].items():
+        print(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in (*SIX, "ar", "hi")) + " |")
+    print("translation retrieval X -> EN, % right of 200 (corpora/parallel): " + "; ".join(
+        f"{k}: " + ", ".join(f"{lang} {v:.1f}" for lang, v in r.items()) for k, r in out["retrieval"].items()))
+    return out
+
+
+def banking77_ft(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Banking77's 77 intents: a stratified 80/20 split of train (the test split is held back),
+    frozen encoder vs fine-tuned on the 80%."""
+    from sklearn.model_selection import train_test_split
+
+    df = pd.read_csv(sources.require(ctx["root"] / "banking77" / "train.csv", "Banking77 train", ctx["root"]))
+    a, b = train_test_split(np.arange(len(df)), test_size=0.2, random_state=0, stratify=df["category"])
+    tr, te = df.iloc[a], df.iloc[b]
+    truth = te["category"].to_numpy()
+    tuned, preds = _frozen_vs_tuned(ctx, tr["text"].tolist(), tr["category"].to_numpy(), te["text"].tolist(),
+                                    "intent")
+    out = {"n_train": len(tr), "n_test": len(te), "train_seconds": tuned.seconds,
+           "accuracy": {k: 100 * accuracy_score(truth, p) for k, p in preds.items()}}
+    print(f"\n## Banking77, 77 intents, stratified 80/20 split of train ({len(tr)} / {len(te)}; fine-tuning "
+          f"{tuned.seconds:.0f} s)")
+    print("; ".join(f"{k}: accuracy {v:.2f}" for k, v in out["accuracy"].items()))
     return out
 
 

@@ -268,12 +268,11 @@ def score(inputs: tuple[str, ...], store_path: str | None, period: str, as_of: s
               help="With --labels on a model built by a recipe (build-model): the benchmarks folder the recipe "
                    "reads (default: $FEEDBACK_NLP_BENCHMARKS, else ../shared/benchmarks).")
 @click.option("--fine-tune", "fine_tune", is_flag=True,
-              help="Also adapt the representation to the labels (SetFit: contrastive pairs of labelled units). "
-                   "A sentence-transformers folder embedder is fine-tuned and saved into the model folder "
-                   "(embedder/), which run, score and evaluate then use; the built-in use-m3 embedders are not "
-                   "trainable and get a small adapter network under the heads. Minutes instead of seconds; "
-                   "settings under `fine_tune:` in configs/train.yaml. Measured in docs/accuracy.md (with use-m3 "
-                   "the adapter did not beat the fast mode).")
+              help="Also adapt the representation to the labels. use-m3 is fine-tuned end to end (its torch twin, "
+                   "anchored to the frozen embeddings) and a sentence-transformers folder embedder on SetFit pairs; "
+                   "either is saved into the model folder (embedder/), which run, score and evaluate then use. The "
+                   "ONNX and static tiers get a small adapter network under the heads. Minutes instead of seconds; "
+                   "settings under `fine_tune:` in configs/train.yaml. Measured in docs/accuracy.md.")
 @common_options
 @handle_errors
 def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None, out_dir: str | None,
@@ -282,7 +281,12 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
           config_path: str | None, columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None,
           quiet: bool) -> None:
     """Train stage, sentiment and touchpoint heads on labelled files (columns text, stage,
-    sentiment, optional touchpoints separated by ';').
+    sentiment, optional touchpoints separated by ';'). A row may leave stage or sentiment empty
+    (or the file lack that column): it trains the other head only.
+
+    A new journey map (--map) needs only stage labels, a handful per stage: `train --labels
+    FILE --map MAP --out models/mine`. The seed corpus, labelled for the default map, then trains
+    the sentiment head only; such a model is never promoted over one for other stages.
 
     FILES are used as they are (e.g. `train corpora/seed`). With --labels, the new files are
     merged over the seed corpus and the labels the base model was trained on. Rows that cannot be
@@ -300,12 +304,14 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     """
     import shutil
 
+    import pandas as pd
+
     from feedback_nlp import registry
     from feedback_nlp.config import load_journey_map, load_train_settings, resolve
     from feedback_nlp.embed import Embedder
     from feedback_nlp.finetune import resolve_mode
     from feedback_nlp.persist import EMBEDDER_DIR, POINTER, load_model, resolve_model_folder, save_model
-    from feedback_nlp.train import evaluate_model, load_labels, model_card
+    from feedback_nlp.train import evaluate_model, load_labels, map_phrase_rows, model_card
     from feedback_nlp.train import train as train_model
 
     settings, columns = _setup(config_path, columns_path, column_overrides, embedder=embedder)
@@ -354,6 +360,8 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
         click.echo(f"{map_path}: not the map the seed corpus is labelled for; its rows train the sentiment head "
                    "only, stages come from your labels", err=True)
     df, issues = load_labels(sources, columns, settings, journey.stage_ids, sentiment_only=inherited)
+    if other_map:  # no corpus labels this map: its own phrases are examples of their stages too
+        df = pd.concat([df, map_phrase_rows(journey)], ignore_index=True)
     if len(issues):
         counts = issues["problem"].value_counts().to_dict()
         click.echo(f"{len(issues)} labelled rows not used: " + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
@@ -737,7 +745,8 @@ def models_diff(version_a: str, version_b: str, data: tuple[str, ...], limit: in
 def evaluate(model_path: str, data: tuple[str, ...], json_out: str | None, config_path: str | None,
              columns_path: str | None, column_overrides: tuple[str, ...], embedder: str | None, quiet: bool) -> None:
     """Evaluate MODEL on labelled DATA it was not trained on: accuracy, macro-F1, per class,
-    per language, confusion matrix."""
+    per language, confusion matrix. A row may leave stage or sentiment empty (stage-only labels
+    for a new map): each head is measured on the rows that label it."""
     from feedback_nlp.embed import Embedder
     from feedback_nlp.persist import embedder_spec, load_model
     from feedback_nlp.train import evaluate_model, read_labelled
@@ -746,10 +755,13 @@ def evaluate(model_path: str, data: tuple[str, ...], json_out: str | None, confi
     model = load_model(model_path)
     emb = Embedder(embedder_spec(model, settings.embedder, explicit=embedder), threads=settings.threads)
     model.check_embedder(emb.id)
-    df = read_labelled(data, columns, settings)
+    df = read_labelled(data, columns, settings, partial=True)
     X = emb.encode(df["text"].tolist(), batch_size=settings.embed_batch_size)
     metrics = evaluate_model(model, X, df, touchpoint_threshold=settings.touchpoint_min_probability)
     for head in ("stage", "sentiment"):
+        if head not in metrics:
+            click.echo(f"{head}: no row of DATA labels it")
+            continue
         m = metrics[head]
         click.echo(f"{head}: n={m['n']} accuracy {m['accuracy']:.3f} macro-F1 {m['macro_f1']:.3f}")
         for lang, v in m["per_language"].items():

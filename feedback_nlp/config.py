@@ -272,7 +272,7 @@ class Settings:
     journey_map: str = "configs/journeys/contact_centre.yaml"
     model: str = "models/CURRENT"
     columns: str = "configs/columns/default.yaml"
-    embedder: str = "use-m3"
+    embedder: str = "use-m3-torch"
     embed_batch_size: int = 64
     threads: int = 2
     embed_dedup: bool = True
@@ -442,10 +442,10 @@ class FineTuneSettings:
     encoder_max_seq_length: int = 128
     encoder_refit: bool = True
     use_epochs: int = 3
-    use_lr: float = 2e-4
+    use_lr: float = 1e-4
     use_head_lr: float = 3e-3
     use_batch_size: int = 32
-    use_anchor_weight: float = 0.1
+    use_anchor_weight: float = 0.5
     use_probe_epochs: int = 20
     use_train_table: bool = False
     use_table_lr: float = 1e-3

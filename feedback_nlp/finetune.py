@@ -1,10 +1,13 @@
-"""`train --fine-tune`: adapt the representation to the labels, contrastively (SetFit's idea).
+"""`train --fine-tune`: adapt the representation to the labels.
 
-Two ways, depending on the embedder:
+Three ways, depending on the embedder:
 
-- `ContrastiveAdapter`, for frozen embeddings (the default `use-m3` is numpy and cannot be
-  trained): a small residual network on top of the embeddings, trained on pairs of labelled
-  units (same label -> cosine 1, different -> 0). It starts as the identity, so it cannot start
+- `fine_tune_use`, for use-m3 (through its torch twin, use_torch.py): the encoder itself,
+  end to end, on classification heads, anchored to its frozen embeddings; saved as a small
+  sentence-transformers folder (use_st.py) carried in the model folder.
+- `ContrastiveAdapter`, for frozen embeddings (the ONNX and static tiers): a small residual
+  network on top of the embeddings, trained on pairs of labelled units (same label -> cosine 1,
+  different -> 0). It starts as the identity, so it cannot start
   worse than the frozen embedding. Its fitted state is four float32 arrays and its forward pass
   is numpy, so a model folder that carries one loads and predicts without torch or pickle.
 - `fine_tune_encoder`, for a trainable sentence-transformers folder: the same pairs and
@@ -321,8 +324,8 @@ class Timer:
 
 
 def fine_tune_use(texts: list[str], labels: dict[str, np.ndarray], *, anchors: np.ndarray | None = None,
-                  epochs: int = 3, lr: float = 5e-5, head_lr: float = 3e-3, batch_size: int = 32,
-                  anchor_weight: float = 1.0, train_table: bool = False, table_lr: float = 1e-3,
+                  epochs: int = 3, lr: float = 1e-4, head_lr: float = 3e-3, batch_size: int = 32,
+                  anchor_weight: float = 0.5, train_table: bool = False, table_lr: float = 1e-3,
                   probe_epochs: int = 20, random_state: int = 0, threads: int = 2, device: str = "cpu",
                   progress: Any = None) -> Any:
     """USE-m-v3 (torch) fine-tuned end to end on classification heads, one per label column.
@@ -336,7 +339,7 @@ def fine_tune_use(texts: list[str], labels: dict[str, np.ndarray], *, anchors: n
       steps follow a sensible gradient rather than a random head's;
     - an anchor term, `anchor_weight * (1 - cos(z, z_frozen))` per text, keeps each embedding near
       the frozen model's, which is what keeps other languages aligned with the ones labelled (the
-      translation-retrieval check in benchmarks/fine_tune_use.py measures it);
+      translation-retrieval check of `benchmarks/real_data.py --only umsab_ft` measures it);
     - the upper layers (CNN and dense, ~3M floats) always train (AdamW, linear decay); the 128k-row
       table only with `train_table`, by sparse updates (SparseAdam at `table_lr`), so a saved
       model stores only the rows its texts touched.

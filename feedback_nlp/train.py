@@ -29,6 +29,7 @@ from feedback_nlp.read import ROW, discover, map_columns, read_raw_chunks
 from feedback_nlp.records import SENTIMENTS
 
 
+MAP_SOURCE = "map"  # `source` of rows made from the journey map's own phrases
 LABEL_COLUMNS = ["source_file", "row", "text", "lang", "stage", "sentiment", "touchpoints", "channel", "source"]
 
 
@@ -290,9 +291,10 @@ def evaluate_model(model: Model, X: np.ndarray, df: pd.DataFrame, *, touchpoint_
     probs = model.probabilities(X, df["text"].astype(str).tolist())
     proba = {"stage": probs.stage, "sentiment": probs.sentiment}
     pred = {h: getattr(model, h).classes_[proba[h].argmax(axis=1)] for h in proba}
+    # a head no row labels (stage-only or sentiment-only data) has no figures
     out = {h: classification_metrics(df[h][has[h]], pred[h][has[h]], df["lang"][has[h]], labels)
-           for h, labels in (("stage", stage_labels), ("sentiment", list(SENTIMENTS)))}
-    for head in ("stage", "sentiment"):
+           for h, labels in (("stage", stage_labels), ("sentiment", list(SENTIMENTS))) if has[h].any()}
+    for head in out:
         out[head]["calibration"] = reliability(df[head].to_numpy()[has[head]], proba[head][has[head]],
                                                getattr(model, head).classes_)
     if model.touchpoints is not None:
@@ -306,15 +308,31 @@ def evaluate_model(model: Model, X: np.ndarray, df: pd.DataFrame, *, touchpoint_
     return out
 
 
+def map_phrase_rows(journey: Any) -> pd.DataFrame:
+    """The map's own words (each stage's name, description and examples) as stage-labelled rows:
+    for a map no corpus labels, they are as many labels again as a user's first handful."""
+    from feedback_nlp.zeroshot import stage_texts
+
+    rows = [{"source_file": str(journey.path), "row": 0, "text": text, "lang": "und", "stage": stage.id,
+             "sentiment": "", "touchpoints": "", "channel": "", "source": MAP_SOURCE}
+            for stage in journey.stages for text in stage_texts(stage)]
+    return pd.DataFrame(rows, columns=LABEL_COLUMNS)
+
+
 def split_indices(df: pd.DataFrame, *, test_size: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out split `train` uses: stratified by stage and language."""
-    strat = df["stage"].astype(str) + "|" + df["lang"].astype(str)
+    """The held-out split `train` uses: stratified by stage and language. The map's own phrases
+    (`map_phrase_rows`) always train: they are not what a run will classify."""
+    always = ((df["source"].astype(str) == MAP_SOURCE).to_numpy(dtype=bool) if "source" in df
+              else np.zeros(len(df), dtype=bool))
+    rest = df[~always]
+    strat = rest["stage"].astype(str) + "|" + rest["lang"].astype(str)
     counts = strat.value_counts()
     # rare stage|language pairs (e.g. a few `und` rows) join their stage's largest pair
-    largest = strat.groupby(df["stage"].astype(str).to_numpy()).agg(lambda s: s.value_counts().index[0])
-    strat = strat.where(strat.map(counts) >= 2, df["stage"].astype(str).map(largest))
-    idx_train, idx_test = train_test_split(np.arange(len(df)), test_size=test_size, random_state=seed, stratify=strat)
-    return idx_train, idx_test
+    largest = strat.groupby(rest["stage"].astype(str).to_numpy()).agg(lambda s: s.value_counts().index[0])
+    strat = strat.where(strat.map(counts) >= 2, rest["stage"].astype(str).map(largest))
+    idx_train, idx_test = train_test_split(np.flatnonzero(~always), test_size=test_size, random_state=seed,
+                                           stratify=strat)
+    return np.sort(np.concatenate([idx_train, np.flatnonzero(always)])) if always.any() else idx_train, idx_test
 
 
 def train(df: pd.DataFrame, X: np.ndarray | None, *, model_id: str, embedder_id: str, embedder_desc: str,

@@ -100,3 +100,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    """An empty models folder that the CLI uses (FEEDBACK_NLP_MODELS)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("FEEDBACK_NLP_MODELS", str(models))
+    return models
+
+
+def cli(*args):
+    """The CLI in this process, arguments as strings, exceptions raised."""
+    from click.testing import CliRunner
+
+    from feedback_nlp.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)

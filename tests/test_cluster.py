@@ -222,16 +222,24 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, settings, columns, journey, _model, embedder):
+def cfg_embedder(settings):
+    """The configured embedder, which the cluster's workers build too (like for like)."""
+    from feedback_nlp.embed import Embedder
+
+    return Embedder(settings.embedder, threads=settings.threads)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, settings, columns, journey, _model, cfg_embedder):
     out = tmp_path_factory.mktemp("local") / "out"
     run_batch([SURVEYS], journey=journey, settings=settings.replace(chunk_size=25), columns=columns,
-              model=_model, embedder=embedder, out_dir=out, quiet=True)
+              model=_model, embedder=cfg_embedder, out_dir=out, quiet=True)
     return out
 
 
 def _same_figures(a, b, path=""):
-    """Equal, floats to 1e-6: the engines' probabilities differ by BLAS summation order (one
-    thread per worker against two) and sums by merge order, far below the map's 4 decimals."""
+    """Equal, the map's floats to one step of its 4 decimals: the engines' probabilities differ by
+    summation order (one thread per worker against two) and sums by merge order."""
     if isinstance(a, dict):
         assert set(a) == set(b), path
         for k in a:
@@ -241,7 +249,8 @@ def _same_figures(a, b, path=""):
         for i, (x, y) in enumerate(zip(a, b)):
             _same_figures(x, y, f"{path}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=0, abs_tol=1e-4) or (math.isnan(a) and math.isnan(b)), path
+        # one step of the map's 4-decimal rounding: a figure a hair from x.xxxx5 may round either way
+        assert math.isclose(a, b, rel_tol=0, abs_tol=1.01e-4) or (math.isnan(a) and math.isnan(b)), path
     else:
         assert a == b, path
 
@@ -249,7 +258,9 @@ def _same_figures(a, b, path=""):
 def _assert_same_outputs(a_dir, b_dir):
     ua, ub = (pd.read_parquet(d / "units.parquet") for d in (a_dir, b_dir))
     assert len(ua) > 250
-    pd.testing.assert_frame_equal(ua, ub, check_exact=False, rtol=0, atol=1e-6)
+    # probabilities to 1e-5: torch sums in float32 in an order that depends on its thread count
+    # (one per worker against two here), about 1e-6 on a probability
+    pd.testing.assert_frame_equal(ua, ub, check_exact=False, rtol=0, atol=1e-5)
     for col in ("item_id", "unit_idx", "stage", "sentiment", "touchpoints", "feedback", "lang"):
         assert ua[col].tolist() == ub[col].tolist(), col
     ja, jb = (json.loads((d / "journey_map.json").read_text()) for d in (a_dir, b_dir))
@@ -261,12 +272,12 @@ def _assert_same_outputs(a_dir, b_dir):
 
 
 def test_dask_engine_gives_the_local_engines_outputs(tmp_path, client, local_run, settings, columns, journey, model,
-                                                     embedder):
+                                                     cfg_embedder):
     from feedback_nlp.cluster import run_batch_dask
 
     out = tmp_path / "dask"
     res = run_batch_dask([SURVEYS], journey=journey, settings=settings.replace(chunk_size=25), columns=columns,
-                         model=model, embedder=embedder, out_dir=out, quiet=True, client=client, split_every=3)
+                         model=model, embedder=cfg_embedder, out_dir=out, quiet=True, client=client, split_every=3)
     _assert_same_outputs(local_run, out)
     run = json.loads((out / "run.json").read_text())
     assert run["engine"] == "dask" and run["dask"]["partitions"] == 8 and res.workers == 2
@@ -276,7 +287,7 @@ def test_dask_engine_gives_the_local_engines_outputs(tmp_path, client, local_run
 
 
 def test_a_worker_killed_mid_run_loses_and_doubles_nothing(tmp_path, client, local_run, settings, columns, journey,
-                                                           model, embedder):
+                                                           model, cfg_embedder):
     """One of the two workers is killed (SIGKILL, as the OOM killer would) once the first
     partition is back; Dask re-runs what it held and the outputs are the undisturbed run's."""
     from feedback_nlp.cluster import run_batch_dask
@@ -292,7 +303,7 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(tmp_path, client, loc
 
     out = tmp_path / "killed"
     run_batch_dask([SURVEYS], journey=journey, settings=settings.replace(chunk_size=25), columns=columns,
-                   model=model, embedder=embedder, out_dir=out, quiet=True, client=client, on_progress=kill_once)
+                   model=model, embedder=cfg_embedder, out_dir=out, quiet=True, client=client, on_progress=kill_once)
     assert killed.is_set()
     client.wait_for_workers(2, timeout=120)
     assert victim not in client.run(os.getpid).values()
@@ -300,13 +311,13 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(tmp_path, client, loc
 
 
 def test_score_on_the_cluster_stores_what_the_local_engine_stores(tmp_path, client, settings, columns, journey, model,
-                                                                  embedder):
+                                                                  cfg_embedder):
     from feedback_nlp.cluster import ClusterSession
     from feedback_nlp.incremental import score
     from feedback_nlp.store import Store
 
     s = settings.replace(chunk_size=40)
-    kw = dict(journey=journey, settings=s, columns=columns, model=model, embedder=embedder, quiet=True)
+    kw = dict(journey=journey, settings=s, columns=columns, model=model, embedder=cfg_embedder, quiet=True)
     a = score([SURVEYS], store=tmp_path / "a.db", out_dir=tmp_path / "a", **kw)
     session = ClusterSession(None, workers=2, threads=2, client=client)
     b = score([SURVEYS], store=tmp_path / "b.db", out_dir=tmp_path / "b", session=session, **kw)

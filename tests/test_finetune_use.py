@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, write
+from conftest import ROOT, cli, write
 
 torch = pytest.importorskip("torch")
 
@@ -101,18 +101,6 @@ def test_fine_tune_use_with_a_trainable_table_changes_only_rows_of_its_texts():
     assert rows.shape == (len(ids), use_torch.EMB_DIM)
 
 
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    models = tmp_path / "models"
-    models.mkdir()
-    monkeypatch.setenv("FEEDBACK_NLP_MODELS", str(models))
-    return models
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 def test_cli_train_fine_tune_with_use_m3_ships_the_encoder_and_run_uses_it(tmp_path, models_dir):
     from feedback_nlp.persist import load_model
 
@@ -136,6 +124,9 @@ def test_cli_train_fine_tune_with_use_m3_ships_the_encoder_and_run_uses_it(tmp_p
     res = cli("run", dump, "--model", folder, "--out", tmp_path / "out", "-q")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "out" / "run.json").read_text())["embedder_id"] == model.embedder_id
+    res = cli("score", dump, "--model", folder, "--store", tmp_path / "s.db", "--out", tmp_path / "sout", "-q")
+    assert res.exit_code in (0, 3), res.output
+    assert json.loads((tmp_path / "sout" / "run.json").read_text())["embedder_id"] == model.embedder_id
     res = cli("evaluate", folder, tmp_path / "seed.csv")
     assert res.exit_code == 0, res.output
     # a fast model trained next is compared with it on the same held-out rows (its own encoder)
@@ -199,6 +190,11 @@ def test_cli_train_with_a_few_stage_only_labels_for_a_new_map(tmp_path, models_d
     assert res.exit_code == 0, res.output
     units = pd.read_parquet(tmp_path / "out" / "units.parquet")
     assert set(units["stage"]) <= set(BANK) | {"unassigned"}
+    # stage-only labels evaluate too: each head on the rows that label it
+    pd.DataFrame(rows[:-2]).to_csv(tmp_path / "bank_only.csv", index=False)
+    res = cli("evaluate", models_dir / "bank1", tmp_path / "bank_only.csv")
+    assert res.exit_code == 0, res.output
+    assert "stage: n=30" in res.output and "sentiment: no row of DATA labels it" in res.output
     # a model for the default map is not compared with it (other stages): not promoted over it
     seed_rows(per_stage=10).to_csv(tmp_path / "seed.csv", index=False)
     res = cli("train", tmp_path / "seed.csv", "--out", models_dir / "v2", "--train-config", cfg)

@@ -5,10 +5,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from conftest import ROOT, write
-from feedback_nlp.cli import main
+from conftest import ROOT, cli, write
 
 TRAIN_CFG = "kernel_components: 0\nC: 4.0\ntest_size: 0.3\nseed: 0\nseed_corpus: {seed}\npromote_tolerance: 0.01\n"
 
@@ -25,10 +23,6 @@ def registry(tmp_path, monkeypatch):
     models.mkdir()
     monkeypatch.setenv("FEEDBACK_NLP_MODELS", str(models))
     return tmp_path, cfg, models, small
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_registry_promotes_first_then_refuses_a_worse_version(registry):
