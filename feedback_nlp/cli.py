@@ -308,8 +308,8 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
 
     from feedback_nlp import registry
     from feedback_nlp.config import load_journey_map, load_train_settings, resolve
-    from feedback_nlp.embed import Embedder
-    from feedback_nlp.finetune import resolve_mode
+    from feedback_nlp.embed import TORCH_EMBEDDER, Embedder, resolve_device
+    from feedback_nlp.finetune import is_use, resolve_mode
     from feedback_nlp.persist import EMBEDDER_DIR, POINTER, load_model, resolve_model_folder, save_model
     from feedback_nlp.train import evaluate_model, load_labels, map_phrase_rows, model_card
     from feedback_nlp.train import train as train_model
@@ -379,12 +379,20 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
         click.echo(f"fine-tuning ({mode}): fit on the training rows for the held-out figures, then on all "
                    f"{len(df)} rows" + (" (the encoder: minutes on a CPU)" if mode == "encoder" else ""),
                    err=True)
+    tuning_use = mode == "encoder" and is_use(settings.embedder)
+    ft = ts.fine_tune
+    # texts the fine-tuning passes over: epochs x (training rows, then every row again when refit)
+    total = ft.use_epochs * (len(df) - int(round(ts.test_size * len(df))) + (len(df) if ft.encoder_refit else 0))
     try:
-        model, metrics, held_out = train_model(
-            df, X, model_id=model_id or out.name, embedder_id=emb.id, embedder_desc=emb.info.description,
-            test_size=ts.test_size, seed=ts.seed, tp_labels=[t.id for t in journey.touchpoints],
-            sources=files_used, ts=ts, fine_tune=mode, encoder=settings.embedder if mode == "encoder" else None,
-            encoder_out=out / EMBEDDER_DIR if mode == "encoder" else None, threads=settings.threads)
+        with tqdm(total=total, unit="text", desc="fine-tuning", file=sys.stderr, leave=False,
+                  disable=quiet or not tuning_use) as bar:
+            model, metrics, held_out = train_model(
+                df, X, model_id=model_id or out.name, embedder_id=emb.id, embedder_desc=emb.info.description,
+                test_size=ts.test_size, seed=ts.seed, tp_labels=[t.id for t in journey.touchpoints],
+                sources=files_used, ts=ts, fine_tune=mode, encoder=settings.embedder if mode == "encoder" else None,
+                encoder_out=out / EMBEDDER_DIR if mode == "encoder" else None, threads=settings.threads,
+                device=resolve_device(TORCH_EMBEDDER, settings.device) if tuning_use else "cpu",
+                progress=bar.update if tuning_use else None)
     except BaseException:
         shutil.rmtree(out / EMBEDDER_DIR, ignore_errors=True)  # no half-written version left behind
         raise

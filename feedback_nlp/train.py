@@ -339,14 +339,16 @@ def train(df: pd.DataFrame, X: np.ndarray | None, *, model_id: str, embedder_id:
           test_size: float = 0.2, seed: int = 0, tp_labels: list[str] | None = None,
           sources: list[str] | None = None, ts: TrainSettings | None = None, fine_tune: str | None = None,
           encoder: str | None = None, encoder_out: str | Path | None = None,
-          threads: int = 2) -> tuple[Model, dict[str, Any], np.ndarray]:
+          threads: int = 2, device: str = "cpu",
+          progress: Any = None) -> tuple[Model, dict[str, Any], np.ndarray]:
     """Held-out metrics from a stratified split, then heads refit on every row.
 
     `fine_tune` (`train --fine-tune`): None trains heads on the frozen embeddings X; `adapter`
     puts a contrastive adapter under the heads; `encoder` fine-tunes the sentence-transformers
     folder `encoder` (whose frozen embeddings X are not used) and saves it to `encoder_out`,
     which the model then carries. Whatever adapts to the labels is fit on the training rows
-    only for the held-out metrics, and refit on every row for the shipped model.
+    only for the held-out metrics, and refit on every row for the shipped model. Fine-tuning
+    use-m3 runs on `device` and calls `progress(n)` after each batch of n texts.
     """
     ts = ts or TrainSettings()
     ft = ts.fine_tune
@@ -380,7 +382,7 @@ def train(df: pd.DataFrame, X: np.ndarray | None, *, model_id: str, embedder_id:
 
             def tune(rows: np.ndarray) -> Any:
                 return fine_tune_use([texts[i] for i in rows], {k: v[rows] for k, v in heads.items()},
-                                     anchors=X[rows], **opts)
+                                     anchors=X[rows], device=device, progress=progress, **opts)
         else:
             if not all(labelled(df, lb).all() for lb in ft.labels):
                 raise InputError("E515", "fine-tuning a sentence-transformers folder (SetFit pairs) needs every "

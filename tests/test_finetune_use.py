@@ -93,8 +93,10 @@ def test_fine_tune_use_learns_the_labels_and_the_anchor_keeps_it_near_the_frozen
 def test_fine_tune_use_with_a_trainable_table_changes_only_rows_of_its_texts():
     df = seed_rows(per_stage=3)
     texts = df["text"].tolist()
+    done = []
     model = fine_tune_use(texts, {"stage": df["stage"].to_numpy()}, epochs=1, probe_epochs=0, train_table=True,
-                          table_lr=1e-2, anchor_weight=0.1)
+                          table_lr=1e-2, anchor_weight=0.1, progress=done.append)
+    assert sum(done) == len(texts)  # one pass, every text reported once
     ids, rows = model[0].encoder.changed_rows()
     seen = set(use_torch.tokenize(texts)[0].tolist())
     assert 0 < len(ids) <= len(seen) and set(ids.tolist()) <= seen
