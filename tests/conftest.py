@@ -118,3 +118,15 @@ def cli(*args):
     from feedback_nlp.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_run_and_score_use(folder, embedder_id: str, dump, tmp_path) -> None:
+    """`run` and `score` with the model in `folder` embed with `embedder_id` (its carried encoder)."""
+    import json
+
+    res = cli("run", dump, "--model", folder, "--out", tmp_path / "out", "-q")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["embedder_id"] == embedder_id
+    res = cli("score", dump, "--model", folder, "--store", tmp_path / "s.db", "--out", tmp_path / "sout", "-q")
+    assert res.exit_code in (0, 3), res.output
+    assert json.loads((tmp_path / "sout" / "run.json").read_text())["embedder_id"] == embedder_id

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, cli, write
+from conftest import ROOT, assert_run_and_score_use, cli, write
 from feedback_nlp.config import load_train_settings
 from feedback_nlp.errors import InputError
 from feedback_nlp.finetune import ContrastiveAdapter, fine_tune_encoder, sample_pairs, save_encoder
@@ -226,12 +226,7 @@ def test_finetune_cli_train_fine_tunes_the_encoder_into_a_loadable_model(tmp_pat
     assert "stage: n=60" in res.output
     dump = write(tmp_path / "dump.csv", "id,text\n1,my invoice charge was terrible again\n"
                  "2,the courier parcel was great today\n")
-    res = cli("run", dump, "--model", folder, "--out", tmp_path / "out", "-q")
-    assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["embedder_id"] == model.embedder_id
-    res = cli("score", dump, "--model", folder, "--store", tmp_path / "s.db", "--out", tmp_path / "sout", "-q")
-    assert res.exit_code in (0, 3), res.output
-    assert json.loads((tmp_path / "sout" / "run.json").read_text())["embedder_id"] == model.embedder_id
+    assert_run_and_score_use(folder, model.embedder_id, dump, tmp_path)
     # a tampered carried encoder is refused
     weights = next((folder / "embedder").rglob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")

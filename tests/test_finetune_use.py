@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, cli, write
+from conftest import ROOT, assert_run_and_score_use, cli, write
 
 torch = pytest.importorskip("torch")
 
@@ -123,12 +123,7 @@ def test_cli_train_fine_tune_with_use_m3_ships_the_encoder_and_run_uses_it(tmp_p
     manifest = json.loads((folder / "manifest.json").read_text())
     assert "embedder/model.safetensors" in manifest and "embedder/use_m3_torch.json" in manifest
     dump = write(tmp_path / "dump.csv", "id,text\n1,la fattura è sbagliata di nuovo\n2,the engineer was great\n")
-    res = cli("run", dump, "--model", folder, "--out", tmp_path / "out", "-q")
-    assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["embedder_id"] == model.embedder_id
-    res = cli("score", dump, "--model", folder, "--store", tmp_path / "s.db", "--out", tmp_path / "sout", "-q")
-    assert res.exit_code in (0, 3), res.output
-    assert json.loads((tmp_path / "sout" / "run.json").read_text())["embedder_id"] == model.embedder_id
+    assert_run_and_score_use(folder, model.embedder_id, dump, tmp_path)
     res = cli("evaluate", folder, tmp_path / "seed.csv")
     assert res.exit_code == 0, res.output
     # a fast model trained next is compared with it on the same held-out rows (its own encoder)
