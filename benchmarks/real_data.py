@@ -255,14 +255,11 @@ def _heads(X: np.ndarray, y: np.ndarray) -> Any:
 
 def _fine_tune(texts: list[str], labels: dict[str, np.ndarray], anchors: np.ndarray, threads: int) -> Any:
     from feedback_nlp.config import load_train_settings
-    from feedback_nlp.finetune import fine_tune_use
+    from feedback_nlp.finetune import fine_tune_use, use_options
 
     ft = load_train_settings().fine_tune
     t0 = time.time()
-    model = fine_tune_use(texts, labels, anchors=anchors, epochs=ft.use_epochs, lr=ft.use_lr,
-                          head_lr=ft.use_head_lr, batch_size=ft.use_batch_size, anchor_weight=ft.use_anchor_weight,
-                          probe_epochs=ft.use_probe_epochs, train_table=ft.use_train_table,
-                          table_lr=ft.use_table_lr, threads=threads)
+    model = fine_tune_use(texts, labels, anchors=anchors, threads=threads, **use_options(ft))
     model.seconds = time.time() - t0
     model.settings = {k: v for k, v in dataclasses.asdict(ft).items() if k.startswith("use_")}
     return model

@@ -354,8 +354,8 @@ def train(files: tuple[str, ...], new_labels: tuple[str, ...], base: str | None,
     out = Path(out_dir) if out_dir else root / f"v{len(registry.versions(root)) + 1 if root.is_dir() else 1}"
     if out.exists() and any(out.iterdir()):
         raise FeedbackError("E510", f"{out} exists and is not empty; model versions are never overwritten")
-    inherited = [i for i, group in enumerate(sources) if other_map and group is not sources[-1]
-                 and (not files or group is not sources[0])]
+    yours = {len(sources) - 1} | ({0} if files else set())  # FILES and --labels: labelled for this map
+    inherited = [i for i in range(len(sources)) if other_map and i not in yours]
     if inherited and not quiet:
         click.echo(f"{map_path}: not the map the seed corpus is labelled for; its rows train the sentiment head "
                    "only, stages come from your labels", err=True)

@@ -323,6 +323,13 @@ class Timer:
 # --- end-to-end fine-tuning of USE-m-v3 (use_torch.py) ---------------------------------------
 
 
+def use_options(ft: Any) -> dict[str, Any]:
+    """`fine_tune_use`'s keyword arguments from the `use_*` settings (config.FineTuneSettings)."""
+    return dict(epochs=ft.use_epochs, lr=ft.use_lr, head_lr=ft.use_head_lr, batch_size=ft.use_batch_size,
+                anchor_weight=ft.use_anchor_weight, probe_epochs=ft.use_probe_epochs,
+                train_table=ft.use_train_table, table_lr=ft.use_table_lr)
+
+
 def fine_tune_use(texts: list[str], labels: dict[str, np.ndarray], *, anchors: np.ndarray | None = None,
                   epochs: int = 3, lr: float = 1e-4, head_lr: float = 3e-3, batch_size: int = 32,
                   anchor_weight: float = 0.5, train_table: bool = False, table_lr: float = 1e-3,
@@ -366,7 +373,7 @@ def fine_tune_use(texts: list[str], labels: dict[str, np.ndarray], *, anchors: n
             widths[name] = y.shape[1]
         else:
             ys = y.astype(str)
-            mask = (ys != "") & (ys != "nan") & (ys != "None")
+            mask = ys != ""  # a partial row (train.labelled) leaves this label empty
             classes[name], codes = np.unique(ys[mask], return_inverse=True)
             full = np.full(n, -100, dtype=np.int64)
             full[mask] = codes

@@ -362,7 +362,7 @@ def train(df: pd.DataFrame, X: np.ndarray | None, *, model_id: str, embedder_id:
     is_use_encoder = False
     if fine_tune == "encoder":
         from feedback_nlp.embed import Embedder
-        from feedback_nlp.finetune import encode, fine_tune_encoder, fine_tune_use, is_use, save_encoder
+        from feedback_nlp.finetune import encode, fine_tune_encoder, fine_tune_use, is_use, save_encoder, use_options
 
         if not encoder or encoder_out is None:
             raise ValueError("fine_tune='encoder' needs the encoder folder and encoder_out")
@@ -376,9 +376,7 @@ def train(df: pd.DataFrame, X: np.ndarray | None, *, model_id: str, embedder_id:
                 Y = touchpoint_matrix(df["touchpoints"], tp_labels)
                 if Y.sum():
                     heads["touchpoints"] = Y
-            opts = dict(epochs=ft.use_epochs, lr=ft.use_lr, head_lr=ft.use_head_lr, batch_size=ft.use_batch_size,
-                        anchor_weight=ft.use_anchor_weight, probe_epochs=ft.use_probe_epochs,
-                        train_table=ft.use_train_table, table_lr=ft.use_table_lr, random_state=seed, threads=threads)
+            opts = dict(use_options(ft), random_state=seed, threads=threads)
 
             def tune(rows: np.ndarray) -> Any:
                 return fine_tune_use([texts[i] for i in rows], {k: v[rows] for k, v in heads.items()},

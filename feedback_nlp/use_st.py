@@ -48,7 +48,7 @@ class USEM3Torch(_text_module_base()):  # type: ignore[misc]
     config_keys = ["train_table"]
     config_file_name = CONFIG_FILE
 
-    def __init__(self, train_table: bool = False, weights: dict | None = None, **_: Any) -> None:
+    def __init__(self, train_table: bool = False, weights: dict | None = None) -> None:
         super().__init__()
         self.train_table = train_table
         self.encoder = use_torch.encoder(weights, train_table=train_table)
